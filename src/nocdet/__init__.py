@@ -1,0 +1,11 @@
+"""nocdet: two-stage object detection with Networks on Convolutional feature maps (NoC).
+
+A detector is a shared convolutional feature extractor plus a region-wise classifier, the NoC,
+applied to RoI-pooled regions (Ren, He, Girshick, Zhang, Sun, "Object Detection Networks on
+Convolutional Feature Maps").
+"""
+from nocdet.errors import ConfigError, DataError, NocdetError, SpecError, TrainingError
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "DataError", "NocdetError", "SpecError", "TrainingError", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from nocdet.cli import main
+
+sys.exit(main())
