@@ -11,7 +11,7 @@ import sys
 
 from nocdet.errors import NocdetError
 
-COMMANDS = ["data", "evaluate", "noc", "demo"]
+COMMANDS = ["data", "evaluate", "noc", "proposals", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
