@@ -1,0 +1,169 @@
+"""Pre-trained weights for the backbones: torchvision's cache, a local checkpoint, or none.
+
+nocdet never downloads. A ``weights`` value is one of
+
+- ``None`` or ``"random"``: keep the random initialisation;
+- ``"imagenet"`` (torchvision's default weights of that net) or ``"imagenet:<ENUM>"`` (a named
+  member of its weights enum, e.g. ``"imagenet:IMAGENET1K_V1"``): read from the local torch hub
+  cache, ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>``, exactly where
+  torchvision itself would have saved the download;
+- a path to a local checkpoint file (see :func:`load_checkpoint_state_dict` for its format).
+
+A checkpoint that does not fit the network is refused with the keys that are missing, the keys
+that are left over and the tensors whose shapes differ, never loaded half-way.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum, get_model_weights
+
+from nocdet.errors import ConfigError, DataError
+
+IMAGENET = "imagenet"
+_SHOWN_KEYS = 8  # how many keys an error message lists before "... and N more"
+
+
+def is_random(weights: str | Path | None) -> bool:
+    """True for the values that mean "no pre-trained weights"."""
+    return weights is None or (isinstance(weights, str) and weights.lower() == "random")
+
+
+def is_imagenet(weights: str | Path | None) -> bool:
+    """True for ``"imagenet"`` and ``"imagenet:<ENUM>"``."""
+    return isinstance(weights, str) and (weights.lower() == IMAGENET or weights.lower().startswith(IMAGENET + ":"))
+
+
+def imagenet_weights(arch: str, weights: str = IMAGENET) -> WeightsEnum:
+    """torchvision's weights enum member for ``arch`` named by ``"imagenet"`` or ``"imagenet:<ENUM>"``."""
+    try:
+        enum = get_model_weights(arch)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"torchvision has no weights for {arch!r}") from error
+    _, _, variant = weights.partition(":")
+    if not variant:
+        return enum.DEFAULT
+    members = {member.name.upper(): member for member in enum}
+    if variant.upper() not in members:
+        raise ConfigError(f"unknown weights {weights!r} for {arch}; torchvision has "
+                          + ", ".join(f"imagenet:{name}" for name in members))
+    return members[variant.upper()]
+
+
+def hub_checkpoint_path(weights: WeightsEnum) -> Path:
+    """Where torchvision caches the file of ``weights``: ``<hub dir>/checkpoints/<url file name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def load_imagenet_state_dict(arch: str, weights: str = IMAGENET) -> dict[str, Tensor]:
+    """torchvision's pre-trained state dict of ``arch``, read from the local hub cache only."""
+    member = imagenet_weights(arch, weights)
+    path = hub_checkpoint_path(member)
+    if not path.is_file():
+        raise DataError(
+            f"the {arch} ImageNet weights ({type(member).__name__}.{member.name}) are not in the local torch "
+            f"hub cache, and nocdet never downloads. On a machine with internet run\n"
+            f"    python -c \"import torchvision; torchvision.models.{arch}(weights='{member.name}')\"\n"
+            f"then copy {path.name} from that machine's torch hub 'checkpoints' folder to {path.parent}/ "
+            f"(or point TORCH_HOME at a folder whose 'hub/checkpoints' holds it), "
+            f"or pass the file's path as the weights instead of 'imagenet'.",
+            path=path)
+    return _tensor_dict(_torch_load(path), path)
+
+
+def load_checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The backbone state dict stored in a local checkpoint file.
+
+    Accepted layouts (a ``"module."`` prefix left by DistributedDataParallel is removed):
+
+    - a plain state dict ``{name: tensor}``: torchvision's layout for the torchvision nets
+      (``torch.save(model.state_dict())``), or a :class:`Backbone`'s own ``state_dict()``;
+    - ``{"backbone": state_dict, ...}``: a nocdet pre-training checkpoint; the other entries
+      (optimiser, iteration, config) are ignored;
+    - ``{"model": state_dict, ...}``: a whole-model checkpoint; when some of its keys start with
+      ``"backbone."`` only those are taken (prefix removed), otherwise the whole dict is used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such checkpoint file (weights must be 'random', 'imagenet', "
+                        f"'imagenet:<ENUM>' or the path of a checkpoint)", path=path)
+    content = _torch_load(path)
+    if isinstance(content, Mapping) and "backbone" in content and isinstance(content["backbone"], Mapping):
+        return _tensor_dict(content["backbone"], path, record="backbone")
+    if isinstance(content, Mapping) and "model" in content and isinstance(content["model"], Mapping):
+        model = _tensor_dict(content["model"], path, record="model")
+        prefixed = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
+        return prefixed or model
+    return _tensor_dict(content, path)
+
+
+def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str | Path, *,
+                            ignored_prefixes: Iterable[str] = (), optional_prefixes: Iterable[str] = ()
+                            ) -> set[str]:
+    """Load ``state_dict`` into ``module`` after checking that it fits; return the loaded keys.
+
+    ``ignored_prefixes``: checkpoint keys dropped silently (the ImageNet classifier ``fc.``, ...).
+    ``optional_prefixes``: groups of module keys a checkpoint may leave out entirely (fc6/fc7 under
+    ``classifier.``), but not in part. ``num_batches_tracked`` counters are never required, so
+    BatchNorm and FrozenBatchNorm2d checkpoints load into each other.
+    Raises DataError naming ``source`` and listing missing, unexpected and mis-shaped keys.
+    """
+    ignored, optional = tuple(ignored_prefixes), tuple(optional_prefixes)
+    state_dict = _strip_prefix(state_dict, "module.")
+    expected = module.state_dict()
+
+    def counter(key: str) -> bool:
+        return key.endswith("num_batches_tracked")
+
+    unexpected = [k for k in state_dict if k not in expected and not k.startswith(ignored) and not counter(k)]
+    missing = [k for k in expected if k not in state_dict and not counter(k)]
+    for prefix in optional:
+        group = [k for k in expected if k.startswith(prefix) and not counter(k)]
+        if all(k in missing for k in group):
+            missing = [k for k in missing if not k.startswith(prefix)]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs network {tuple(expected[k].shape)}"
+                  for k in state_dict if k in expected and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"the checkpoint does not fit {type(module).__name__}"]
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape mismatches", mismatched)):
+            if keys:
+                parts.append(f"{label} ({len(keys)}): {_shorten(keys)}")
+        raise DataError("; ".join(parts), path=source)
+    loadable = {k: v for k, v in state_dict.items() if k in expected}
+    module.load_state_dict(loadable, strict=False)
+    return set(loadable)
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors all mean "not a usable checkpoint"
+        raise DataError(f"cannot read the checkpoint: {error}", path=path) from error
+
+
+def _tensor_dict(content: object, path: Path, record: str | None = None) -> dict[str, Tensor]:
+    if not isinstance(content, Mapping) or not content:
+        raise DataError(f"expected a state dict {{name: tensor}} or a checkpoint with a 'backbone' or 'model' "
+                        f"entry, got {type(content).__name__}", path=path, record=record)
+    bad = [str(k) for k, v in content.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        found = _shorten([str(k) for k in content])
+        raise DataError(f"expected a state dict {{name: tensor}} or a checkpoint with a 'backbone' or 'model' "
+                        f"entry; entries that are not tensors: {_shorten(bad)} (keys found: {found})",
+                        path=path, record=record)
+    return dict(content)
+
+
+def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _shorten(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f", ... and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
