@@ -1,0 +1,145 @@
+"""Pictures of detections: boxes with class name and score, ground truth in a second style.
+
+Detections are solid boxes in their class colour with a filled label ``"name 0.93"``; ground
+truth is a dashed box in the class colour alternating with white (grey and white for difficult
+objects), so it stays visible on any background and never looks like a detection.
+
+Labels stay readable on any image size: an image whose longer side is below ``min_side`` is
+enlarged by a whole factor (nearest neighbour, pixels stay sharp) before drawing, and the font
+size and line width grow with the picture. The returned picture is therefore ``scale`` times
+the input, with ``scale = picture.width / image.shape[1]``.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from nocdet.data.sample import Detections, Sample
+from nocdet.io import atomic_open
+
+# Tableau's ten colours: distinct for the first ten classes, then evenly spaced hues.
+_TABLEAU = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+_WHITE = (255, 255, 255)
+_DIFFICULT = (150, 150, 150)
+
+
+def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
+    """One distinct RGB colour per class (index ``label - 1``)."""
+    if num_classes <= len(_TABLEAU):
+        return list(_TABLEAU[:num_classes])
+    colours = []
+    for k in range(num_classes):
+        # golden-ratio hue steps keep neighbouring labels far apart on the colour wheel
+        hue = (k * 0.618033988749895) % 1.0
+        lightness = (0.45, 0.6, 0.35)[k % 3]
+        r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.85)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return colours
+
+
+def draw_detections(
+    image: np.ndarray,
+    detections: Detections,
+    classes: Sequence[str],
+    gt: Sample | None = None,
+    threshold: float = 0.3,
+    *,
+    min_side: int = 480,
+) -> Image.Image:
+    """Draw the detections scoring at least ``threshold`` (and ``gt`` when given) on ``image``.
+
+    ``image`` is ``H x W x 3`` uint8 RGB; boxes are internal coordinates of that image. The
+    highest scores are drawn last (on top). See the module doc for styles and scaling.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    bad = (detections.labels < 1) | (detections.labels > len(classes))
+    if bad.any():
+        raise ValueError(f"detections of {detections.image_id}: label {int(detections.labels[bad][0])} "
+                         f"outside 1..{len(classes)}")
+    scale = max(1, math.ceil(min_side / max(width, height)))
+    picture = Image.fromarray(image, "RGB")
+    if scale > 1:
+        picture = picture.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+    side = max(picture.size)
+    line = max(2, round(side / 200))
+    font = ImageFont.load_default(size=max(14, min(48, round(side / 20))))
+    colours = class_colours(len(classes))
+    draw = ImageDraw.Draw(picture)
+
+    if gt is not None:
+        for box, label, difficult in zip(gt.boxes, gt.labels, gt.difficult):
+            colour = _DIFFICULT if difficult else colours[int(label) - 1]
+            _dashed_rectangle(draw, box * scale, colour, line, dash=4 * line)
+
+    keep = np.flatnonzero(detections.scores >= threshold)
+    keep = keep[np.argsort(detections.scores[keep], kind="stable")]
+    for k in keep:
+        box = detections.boxes[k] * scale
+        colour = colours[int(detections.labels[k]) - 1]
+        draw.rectangle(_pixel_box(box), outline=colour, width=line)
+        text = f"{classes[int(detections.labels[k]) - 1]} {detections.scores[k]:.2f}"
+        _label(draw, box, text, colour, font, picture.size)
+    return picture
+
+
+def save_detections_png(
+    path: str | Path,
+    image: np.ndarray,
+    detections: Detections,
+    classes: Sequence[str],
+    gt: Sample | None = None,
+    threshold: float = 0.3,
+) -> Path:
+    """Draw as :func:`draw_detections` and write the picture as a PNG at ``path``."""
+    path = Path(path)
+    picture = draw_detections(image, detections, classes, gt, threshold)
+    with atomic_open(path, "wb") as f:
+        picture.save(f, format="PNG")
+    return path
+
+
+def _pixel_box(box: np.ndarray) -> list[float]:
+    """Continuous ``(x1, y1, x2, y2)`` -> PIL's inclusive pixel rectangle."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)]
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: np.ndarray, colour: tuple[int, int, int],
+                      width: int, dash: int) -> None:
+    """A rectangle outline of dashes alternating ``colour`` and white."""
+    x1, y1, x2, y2 = _pixel_box(box)
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)),
+                               ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = math.hypot(bx - ax, by - ay)
+        steps = max(1, math.ceil(length / dash))
+        for k in range(steps):
+            t0, t1 = k / steps, (k + 1) / steps
+            segment = [(ax + (bx - ax) * t0, ay + (by - ay) * t0), (ax + (bx - ax) * t1, ay + (by - ay) * t1)]
+            draw.line(segment, fill=colour if k % 2 == 0 else _WHITE, width=width)
+
+
+def _label(draw: ImageDraw.ImageDraw, box: np.ndarray, text: str, colour: tuple[int, int, int],
+           font: ImageFont.FreeTypeFont, size: tuple[int, int]) -> None:
+    """A filled tag with ``text`` above the box's top-left corner (inside it at the image top),
+    kept within the picture."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, round((bottom - top) * 0.2))
+    tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(max(0.0, float(box[0])), max(0.0, size[0] - tag_w))
+    y = float(box[1]) - tag_h
+    if y < 0:
+        y = max(0.0, float(box[1]))
+    y = min(y, max(0.0, size[1] - tag_h))
+    draw.rectangle([x, y, x + tag_w - 1, y + tag_h - 1], fill=colour)
+    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    ink = (0, 0, 0) if luminance > 150 else _WHITE
+    draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)
