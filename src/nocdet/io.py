@@ -16,6 +16,9 @@ from typing import IO, Any, Iterator
 
 from nocdet.errors import NocdetError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -30,6 +33,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
