@@ -1,0 +1,52 @@
+"""``nocdet train CONFIG``: train and evaluate one experiment; everything lands in the output folder."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "train"
+HELP = "train and evaluate a detector from an experiment config (YAML)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="experiment YAML (see configs/README.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set solver.iterations=500 (repeatable)")
+    parser.add_argument("--output", type=Path, default=None, help="run folder (default runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def resolve_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    return overrides
+
+
+def print_metrics(metrics: dict) -> None:
+    coco = metrics["coco"]
+    print(f"VOC07 mAP {metrics['voc07']['mAP']:.4f}   VOC (area) mAP {metrics['voc']['mAP']:.4f}   "
+          f"COCO AP {coco['AP']:.4f} AP50 {coco['AP50']:.4f} AP75 {coco['AP75']:.4f}")
+    for name, ap in metrics["voc07"]["per_class"].items():
+        print(f"  {name:>14s}  {'-' if ap is None else f'{ap:.4f}'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nocdet.experiment import load_experiment
+    from nocdet.training.frozen_pipeline import run_frozen_experiment
+
+    cfg = load_experiment(args.config, resolve_overrides(args))
+    out = args.output or Path("runs") / cfg.name
+    metrics = run_frozen_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if "interrupted" in metrics:
+        print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "
+              f"checkpoint saved: continue with  nocdet train {args.config} --output {out} --resume")
+        return 130
+    print_metrics(metrics)
+    print(f"run folder: {out}  (metrics.json, results/, model.pt)")
+    return 0

@@ -1,0 +1,145 @@
+"""The experiment configuration: one YAML file (with ``_base_`` inheritance) fully determines a run.
+
+Everything the paper's tables vary (backbone, scales, NoC string, initialisation, maxout,
+SVM vs softmax scoring, box regression, training set) is a field here, so a table row is a small
+config file and a table is a folder of them (see ``configs/README.md``).
+
+Data splits are written ``SPLIT`` (a split of ``data.root``), ``ROOT:SPLIT`` (another VOC root,
+for "07+12"), or for COCO ``INSTANCES_JSON:IMAGE_DIR``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from nocdet.config import load_config
+from nocdet.data.sample import DetectionDataset, concat
+from nocdet.errors import ConfigError
+from nocdet.postprocess import PostprocessConfig
+from nocdet.training.bbox_regression import BoxRegressionConfig
+from nocdet.training.noc_trainer import SolverConfig
+from nocdet.training.roi_sampler import SamplingConfig
+from nocdet.training.svm import SVMConfig
+
+
+@dataclass
+class DataConfig:
+    format: Literal["voc", "coco"] = "voc"
+    root: str = "data/scene-digits"
+    train: list[str] = field(default_factory=lambda: ["train"])
+    val: str | None = "val"
+    test: str = "test"
+    classes: list[str] | None = None
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "small-zf"
+    weights: str | None = None  # None/"random", "imagenet" (torch hub cache), or a checkpoint path
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProposalConfig:
+    method: Literal["selective_search", "file"] = "selective_search"
+    files: dict = field(default_factory=dict)  # split -> proposals file (method "file")
+    min_size: int = 20
+    max_boxes: int = 2000
+    max_side: int | None = None
+    color_spaces: list[str] = field(default_factory=lambda: ["hsv", "lab"])
+    ks: list[float] = field(default_factory=lambda: [50.0, 100.0])
+    sigma: float = 0.8
+    workers: int = 2
+
+
+@dataclass
+class PyramidConfig:
+    scales: list[int] = field(default_factory=lambda: [480, 576, 688, 864, 1200])
+    max_size: int | None = None
+    pool: Literal["max", "align"] = "max"
+    target_area: float = 224.0 * 224.0
+    flip: bool = True
+
+
+@dataclass
+class NoCConfig:
+    spec: str = "f4096-f4096-fn+1"
+    init: Literal["gaussian", "finetune"] = "gaussian"
+    fc_std: float = 0.01
+    cls_std: float = 0.01
+    train_scale: Literal["random", "best"] = "random"
+
+
+@dataclass
+class SVMStageConfig(SVMConfig):
+    """Post-hoc SVMs (paper Sec. 3.2): off unless ``enabled``."""
+
+    enabled: bool = False
+
+
+@dataclass
+class BBoxStageConfig(BoxRegressionConfig):
+    """Post-hoc ridge box regression ("+bb"): off unless ``enabled``."""
+
+    enabled: bool = False
+
+
+@dataclass
+class TestConfig(PostprocessConfig):
+    score: Literal["softmax", "svm"] = "softmax"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    setting: Literal["frozen"] = "frozen"
+    seed: int = 0
+    device: str = "cpu"
+    cache_dir: str = ".cache/nocdet"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    noc: NoCConfig = field(default_factory=NoCConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    svm: SVMStageConfig = field(default_factory=SVMStageConfig)
+    bbox: BBoxStageConfig = field(default_factory=BBoxStageConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def check(self) -> "ExperimentConfig":
+        """Cross-field checks a type check cannot do."""
+        if self.test.score == "svm" and not self.svm.enabled:
+            raise ConfigError("test.score is 'svm' but svm.enabled is false; enable the SVM stage")
+        if sorted(self.pyramid.scales) != list(self.pyramid.scales) or len(set(self.pyramid.scales)) != len(self.pyramid.scales):
+            raise ConfigError(f"pyramid.scales must be strictly increasing, got {self.pyramid.scales}")
+        if not self.data.train:
+            raise ConfigError("data.train lists no split")
+        return self
+
+
+def load_experiment(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    return load_config(ExperimentConfig, path, overrides).check()
+
+
+def load_split(data: DataConfig, split: str, classes: Sequence[str] | None = None) -> DetectionDataset:
+    """One data split named as described in the module docstring."""
+    if data.format == "coco":
+        from nocdet.data.coco import read_coco
+
+        if ":" not in split:
+            raise ConfigError(f"a COCO split is written INSTANCES_JSON:IMAGE_DIR, got {split!r}")
+        json_path, image_dir = split.rsplit(":", 1)
+        return read_coco(json_path, image_dir)
+    from nocdet.data.voc import read_voc
+
+    root, name = split.rsplit(":", 1) if ":" in split else (data.root, split)
+    return read_voc(root, name, classes if classes is not None else data.classes)
+
+
+def load_splits(data: DataConfig, splits: Sequence[str], classes: Sequence[str] | None = None) -> DetectionDataset:
+    """Several splits concatenated ("07+12"); the first one fixes the class list."""
+    first = load_split(data, splits[0], classes)
+    rest = [load_split(data, s, first.classes) for s in splits[1:]]
+    return concat([first, *rest]) if rest else first

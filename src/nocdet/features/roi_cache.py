@@ -1,0 +1,300 @@
+"""The RoI feature cache of the frozen-feature setting (paper Sec. 3, SPPnet style).
+
+The pre-trained conv layers are frozen, so the RoI-pooled features of every proposal are
+computed once over the image pyramid and stored on disk; every NoC design then trains and is
+evaluated on the cache (a design-space study costs one extraction).
+
+For each region the cache stores its pooled features at the two adjacent pyramid levels that
+bracket its ideal scale (:func:`nocdet.features.pyramid.select_adjacent_pair`) and which of the
+two is the single best level (:func:`nocdet.features.pyramid.select_scale`), so one cache serves
+single-scale NoCs (the best level; or a random one of the two while training, our stand-in for
+SPPnet's random scale) and maxout NoCs (both). With one pyramid level only one slot is stored.
+
+Layout of a cache folder ``<root>/<key>/`` (``key`` = hash of everything that determines the
+content: backbone and weights, scales, pooling, proposals, images and annotations)::
+
+    shard-<k>-of-<n>/features.npy    float16 [N, P, C, m, m]   (memory-mapped)
+                     regions.npz     boxes [N,4], image [N], levels [N,P], best [N], is_gt [N],
+                                     overlap [N], label [N], target [N,4]
+                     images.json     the shard's image ids, flip flags and region offsets
+    shard-<k>-of-<n>.done.json       written atomically last: a shard without it is rebuilt
+
+Regions per image: the ground-truth boxes first when ``include_gt`` (training splits, as in
+Fast R-CNN), then the proposals. ``overlap``/``label``/``target`` are each region's best IoU with
+a non-difficult ground-truth box, that box's label and coordinates (Fast R-CNN excludes
+difficult objects from training).
+
+Shape shorthand: N = regions, P = pathways (2, or 1 for a single level), C = channels, m = RoI size.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+from nocdet.data.images import load_image
+from nocdet.data.sample import DetectionDataset
+from nocdet.errors import DataError
+from nocdet.features.pyramid import pool_pyramid_pair, pyramid_scale_factors, resize_to_scales, \
+    select_adjacent_pair, select_scale
+from nocdet.io import atomic_write_bytes, atomic_write_json
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class ExtractionSettings:
+    """Everything besides the data that determines the cached features."""
+
+    scales: list[int]
+    max_size: int | None = None
+    pool_mode: str = "max"
+    include_gt: bool = True
+    flip: bool = False
+    target_area: float = 224.0 * 224.0
+
+
+@dataclass
+class CacheShard:
+    """One shard of a finished cache, memory-mapped read-only."""
+
+    features: np.ndarray
+    boxes: np.ndarray
+    image: np.ndarray
+    levels: np.ndarray
+    best: np.ndarray
+    is_gt: np.ndarray
+    overlap: np.ndarray
+    label: np.ndarray
+    target: np.ndarray
+    image_ids: list[str]
+    flipped: list[bool]
+    offsets: np.ndarray  # [images + 1]: regions of image i are offsets[i]:offsets[i+1]
+
+
+@dataclass
+class RoIFeatureCache:
+    """A finished cache: all shards of one key."""
+
+    path: Path
+    shards: list[CacheShard] = field(default_factory=list)
+
+    @property
+    def num_pathways(self) -> int:
+        return self.shards[0].features.shape[1]
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """``(C, m, m)`` of one pooled region."""
+        return tuple(self.shards[0].features.shape[2:])
+
+    @property
+    def num_regions(self) -> int:
+        return sum(len(s.boxes) for s in self.shards)
+
+    def images(self) -> Iterator[tuple[CacheShard, int]]:
+        """Every cached image as ``(shard, index within the shard)``."""
+        for shard in self.shards:
+            for i in range(len(shard.image_ids)):
+                yield shard, i
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def region_slice(shard: CacheShard, index: int) -> slice:
+    return slice(int(shard.offsets[index]), int(shard.offsets[index + 1]))
+
+
+def cache_key(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], backbone_id: str,
+              roi_size: int, settings: ExtractionSettings) -> str:
+    """A hash of the backbone (name + weights digest), settings, proposals, images and labels."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "backbone": backbone_id, "roi_size": roi_size,
+                         "settings": asdict(settings), "classes": dataset.classes}, sort_keys=True).encode())
+    for sample in dataset.samples:
+        stat = sample.path.stat() if sample.path.exists() else None
+        h.update(f"{sample.image_id}|{sample.path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}".encode())
+        for arr in (sample.boxes, sample.labels, sample.difficult):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(np.ascontiguousarray(proposals[sample.image_id], np.float32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's parameters and buffers (identifies the frozen weights)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _regions(sample_boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, proposals: np.ndarray,
+             include_gt: bool) -> dict[str, np.ndarray]:
+    """Regions of one image with their best ground-truth match."""
+    keep = ~difficult
+    gt, gt_labels = sample_boxes[keep], labels[keep]
+    boxes = np.concatenate([gt, proposals]) if include_gt else proposals
+    is_gt = np.zeros(len(boxes), bool)
+    if include_gt:
+        is_gt[: len(gt)] = True
+    overlap = np.zeros(len(boxes), np.float32)
+    label = np.zeros(len(boxes), np.int64)
+    target = np.zeros((len(boxes), 4), np.float32)
+    if len(gt) and len(boxes):
+        iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(gt)).numpy()
+        best = iou.argmax(axis=1)
+        overlap = iou[np.arange(len(boxes)), best].astype(np.float32)
+        label = gt_labels[best]
+        target = gt[best]
+    return {"boxes": boxes.astype(np.float32), "is_gt": is_gt, "overlap": overlap, "label": label,
+            "target": target.astype(np.float32)}
+
+
+def _flip(boxes: np.ndarray, width: int) -> np.ndarray:
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return out
+
+
+def image_tensor(path: Path, mean: Sequence[float], std: Sequence[float], flip: bool = False) -> Tensor:
+    """An image file as a normalised ``[3, H, W]`` float tensor."""
+    array = load_image(path)
+    if flip:
+        array = array[:, ::-1]
+    x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+@torch.inference_mode()
+def pool_regions(backbone: torch.nn.Module, image: Tensor, boxes: Tensor, settings: ExtractionSettings,
+                 roi_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pyramid features of one image and its regions pooled at their scale pair.
+
+    Returns ``(pooled [R, P, C, m, m], levels [R, P], best [R])``; ``best`` is the slot of the
+    single best level.
+    """
+    height, width = image.shape[1:]
+    factors = pyramid_scale_factors(width, height, settings.scales, settings.max_size)
+    order = np.argsort(factors)
+    factors = [factors[i] for i in order]
+    levels_in = resize_to_scales(image, factors)
+    feats = [backbone(level[None]) for level in levels_in]
+    stride = getattr(backbone, "stride", 16)
+    best = select_scale(boxes, factors, settings.target_area)
+    if len(factors) == 1:
+        pooled = pool_pyramid_pair(feats, [boxes], [torch.zeros(len(boxes), 2, dtype=torch.int64)], [factors],
+                                   1.0 / stride, roi_size, settings.pool_mode)[0][:, None]
+        return pooled, torch.zeros(len(boxes), 1, dtype=torch.int64), torch.zeros(len(boxes), dtype=torch.int64)
+    pairs = select_adjacent_pair(boxes, factors, settings.target_area)
+    a, b = pool_pyramid_pair(feats, [boxes], [pairs], [factors], 1.0 / stride, roi_size, settings.pool_mode)
+    slot = (pairs[:, 1] == best).long()
+    return torch.stack([a, b], dim=1), pairs, slot
+
+
+def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
+                backbone: torch.nn.Module, backbone_name: str, settings: ExtractionSettings,
+                rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+    """Extract (or find) the cache of ``dataset``; this process fills shard ``rank`` of ``world_size``.
+
+    Returns the cache folder. A finished shard with the same key is reused; an unfinished one
+    (killed run) is rebuilt. Call :func:`open_cache` once every rank has finished.
+    """
+    missing = [s.image_id for s in dataset.samples if s.image_id not in proposals]
+    if missing:
+        raise DataError(f"no proposals for {len(missing)} images, e.g. {missing[:5]}")
+    roi_size = int(backbone.roi_size)
+    key = cache_key(dataset, proposals, f"{backbone_name}:{weights_digest(backbone)}", roi_size, settings)
+    folder = Path(root) / key
+    name = f"shard-{rank:05d}-of-{world_size:05d}"
+    done = folder / f"{name}.done.json"
+    if done.exists():
+        return folder
+    shard_dir = folder / name
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True)
+    atomic_write_json(folder / "settings.json", {"key": key, "backbone": backbone_name, "roi_size": roi_size,
+                                                  "settings": asdict(settings), "dataset": dataset.name})
+
+    backbone.eval()
+    todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
+            for flip in ([False, True] if settings.flip else [False])]
+    per_image = []
+    for sample, flip in todo:
+        props = np.asarray(proposals[sample.image_id], np.float32).reshape(-1, 4)
+        boxes, gt = (props, sample.boxes) if not flip else (_flip(props, sample.width), _flip(sample.boxes, sample.width))
+        per_image.append(_regions(gt, sample.labels, sample.difficult, boxes, settings.include_gt))
+    offsets = np.concatenate([[0], np.cumsum([len(r["boxes"]) for r in per_image])]).astype(np.int64)
+    total = int(offsets[-1])
+    pathways = 1 if len(settings.scales) == 1 else 2
+    channels = int(backbone.out_channels)
+    features = np.lib.format.open_memmap(shard_dir / "features.npy", mode="w+", dtype=np.float16,
+                                         shape=(total, pathways, channels, roi_size, roi_size))
+    levels = np.zeros((total, pathways), np.int8)
+    best = np.zeros(total, np.int8)
+    bar = tqdm(todo, desc=f"RoI features {dataset.name} [{rank + 1}/{world_size}]", unit="img",
+               disable=not progress)
+    for (sample, flip), regions, start in zip(bar, per_image, offsets[:-1]):
+        x = image_tensor(sample.path, backbone.mean, backbone.std, flip)
+        if x.shape[1:] != (sample.height, sample.width):
+            raise DataError(f"image is {x.shape[2]}x{x.shape[1]} but the annotation says "
+                            f"{sample.width}x{sample.height}", path=sample.path, record=sample.image_id)
+        n = len(regions["boxes"])
+        if n == 0:
+            continue
+        pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]), settings, roi_size)
+        features[start:start + n] = pooled.numpy().astype(np.float16)
+        levels[start:start + n] = lv.numpy()
+        best[start:start + n] = bs.numpy()
+    features.flush()
+    del features
+    arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))
+              for k in ("boxes", "is_gt", "overlap", "label", "target")}
+    arrays["image"] = np.repeat(np.arange(len(per_image)), np.diff(offsets)).astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez(buffer, levels=levels, best=best, offsets=offsets, **arrays)
+    atomic_write_bytes(shard_dir / "regions.npz", buffer.getvalue())
+    atomic_write_json(shard_dir / "images.json", {"image_ids": [s.image_id for s, _ in todo],
+                                                  "flipped": [f for _, f in todo]})
+    atomic_write_json(done, {"key": key, "regions": total, "images": len(todo)})
+    return folder
+
+
+def open_cache(folder: str | Path) -> RoIFeatureCache:
+    """Open a finished cache read-only; an incomplete one is an error naming the missing shards."""
+    folder = Path(folder)
+    done = sorted(folder.glob("shard-*-of-*.done.json"))
+    if not done:
+        raise DataError("no finished shard: the extraction did not complete", path=folder)
+    world = int(done[0].name.split("-of-")[1].split(".")[0])
+    names = {d.name.removesuffix(".done.json") for d in done}
+    expected = [f"shard-{r:05d}-of-{world:05d}" for r in range(world)]
+    absent = [n for n in expected if n not in names]
+    if absent:
+        raise DataError(f"the cache is incomplete: shards {absent} have not finished", path=folder)
+    cache = RoIFeatureCache(folder)
+    for name in expected:
+        shard_dir = folder / name
+        regions = np.load(shard_dir / "regions.npz")
+        meta = json.loads((shard_dir / "images.json").read_text())
+        features = np.load(shard_dir / "features.npy", mmap_mode="r")
+        if len(features) != len(regions["boxes"]):
+            raise DataError("features and regions disagree in length; delete the cache folder", path=shard_dir)
+        cache.shards.append(CacheShard(features=features, boxes=regions["boxes"], image=regions["image"],
+                                       levels=regions["levels"], best=regions["best"], is_gt=regions["is_gt"],
+                                       overlap=regions["overlap"], label=regions["label"],
+                                       target=regions["target"], image_ids=meta["image_ids"],
+                                       flipped=meta["flipped"], offsets=regions["offsets"]))
+    return cache

@@ -1,0 +1,41 @@
+"""From per-region class scores to detections: clip, per-class NMS, top-k (SPEC.md 6).
+
+Shape shorthand: R = regions, K = object classes (background excluded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from nocdet.data.sample import Detections
+
+
+@dataclass
+class PostprocessConfig:
+    nms_iou: float = 0.3
+    max_detections: int = 100
+    score_threshold: float = 0.05  # softmax scores; SVM scores use e.g. -1.5 (SPPnet)
+
+
+def detect_from_scores(image_id: str, boxes: Tensor, scores: Tensor, width: int, height: int,
+                       config: PostprocessConfig) -> Detections:
+    """Detections of one image.
+
+    ``boxes`` is ``[R, 4]`` (the same box for every class) or ``[R, K, 4]`` (class-specific boxes
+    after box regression); ``scores`` is ``[R, K]`` (softmax probabilities without the background
+    column, or SVM scores). Boxes are clipped to the image, degenerate ones dropped, then
+    per-class NMS and the ``max_detections`` best are kept.
+    """
+    num_regions, num_classes = scores.shape
+    if boxes.dim() == 2:
+        boxes = boxes[:, None, :].expand(num_regions, num_classes, 4)
+    boxes = clip_boxes_to_image(boxes.reshape(-1, 4).float(), (height, width))
+    scores = scores.reshape(-1).float()
+    labels = torch.arange(1, num_classes + 1).repeat(num_regions)
+    keep = (scores > config.score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_detections]
+    return Detections(image_id, boxes[keep].numpy(), scores[keep].numpy(), labels[keep].numpy())

@@ -1,0 +1,224 @@
+"""The frozen-feature experiment of paper Sec. 3, end to end, from one config.
+
+proposals (Selective Search, cached, or a file) -> RoI feature caches over the image pyramid
+(train with ground truth and flips, val, test) -> NoC trained on the cache -> optional post-hoc
+SVMs on the NoC's second-to-last layer and ridge box regression on the pooled features ->
+detections on the test split -> VOC07 / VOC / COCO metrics, result files and the run folder that
+``nocdet report``, ``nocdet evaluate`` and ``nocdet.load`` read.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nocdet.config import dump_yaml
+from nocdet.data.sample import DetectionDataset, Detections
+from nocdet.errors import ConfigError
+from nocdet.experiment import ExperimentConfig, load_split, load_splits
+from nocdet.features.backbones import Backbone, build_backbone
+from nocdet.features.roi_cache import ExtractionSettings, RoIFeatureCache, build_cache, open_cache, region_slice
+from nocdet.io import atomic_write_json, atomic_write_text
+from nocdet.noc.head import NoCHead
+from nocdet.noc.init import init_finetune, init_gaussian
+from nocdet.noc.spec import parse_noc
+from nocdet.postprocess import detect_from_scores
+from nocdet.training.checkpoint import save_checkpoint
+from nocdet.training.noc_trainer import train_noc
+from nocdet.training.bbox_regression import BoxRegressor
+from nocdet.training.post_hoc import fit_box_regressor, fit_svms, refine_boxes
+from nocdet.training.svm import LinearSVMs
+from nocdet.training.roi_sampler import gather_inputs
+
+
+def build_frozen_backbone(cfg: ExperimentConfig) -> Backbone:
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **cfg.backbone.options)
+    return backbone.freeze().eval()
+
+
+def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:
+    """The NoC of ``cfg.noc.spec`` on the backbone's pooled features, initialised as configured."""
+    spec = parse_noc(cfg.noc.spec).resolve(num_classes)
+    stage_factory = backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
+    head = NoCHead(spec, backbone.out_channels, backbone.roi_size, num_classes, stage_factory=stage_factory)
+    if cfg.noc.init == "finetune":
+        fc67 = backbone.fc67()
+        if fc67 is None:
+            raise ConfigError(f"noc.init is 'finetune' but backbone {cfg.backbone.name!r} with weights "
+                              f"{cfg.backbone.weights!r} has no pre-trained fc6/fc7; pre-train it "
+                              "(nocdet pretrain) or use noc.init: gaussian")
+        init_finetune(head, fc67[0], fc67[1], cls_std=cfg.noc.cls_std, seed=cfg.seed)
+    else:
+        init_gaussian(head, fc_std=cfg.noc.fc_std, cls_std=cfg.noc.cls_std, seed=cfg.seed)
+    return head
+
+
+def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, progress: bool) -> dict[str, np.ndarray]:
+    if cfg.proposals.method == "file":
+        from nocdet.proposals.files import load_proposals
+
+        if split not in cfg.proposals.files:
+            raise ConfigError(f"proposals.method is 'file' but proposals.files has no entry for split {split!r}")
+        boxes = load_proposals(cfg.proposals.files[split], dataset)
+        return {k: v[: cfg.proposals.max_boxes] for k, v in boxes.items()}
+    from nocdet.proposals.selective_search import compute_proposals
+
+    p = cfg.proposals
+    settings = {"min_size": p.min_size, "max_boxes": p.max_boxes, "max_side": p.max_side,
+                "color_spaces": p.color_spaces, "ks": p.ks, "sigma": p.sigma}
+    return compute_proposals(dataset, Path(cfg.cache_dir) / "proposals", settings,
+                             workers=cfg.proposals.workers, progress=progress)
+
+
+def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset, split: str, training: bool,
+            progress: bool) -> RoIFeatureCache:
+    """Proposals and the RoI feature cache of one split (train: with GT regions and flips)."""
+    proposals = proposals_for(cfg, dataset, split, progress)
+    settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
+                                  pool_mode=cfg.pyramid.pool, include_gt=training,
+                                  flip=training and cfg.pyramid.flip, target_area=cfg.pyramid.target_area)
+    folder = build_cache(Path(cfg.cache_dir) / "roi_features", dataset, proposals, backbone,
+                         f"{cfg.backbone.name}:{cfg.backbone.weights}", settings, progress=progress)
+    return open_cache(folder)
+
+
+def pathways(head: NoCHead, train_scale: str, training: bool) -> str:
+    if head.spec.has_maxout:
+        return "pair"
+    return train_scale if training else "best"
+
+
+@torch.inference_mode()
+def cached_regions(head: NoCHead, cache: RoIFeatureCache, mode: str, chunk: int = 1024
+                   ) -> Iterator[tuple[object, int, slice, torch.Tensor, torch.Tensor]]:
+    """Per cached image: ``(shard, index, regions, softmax [R, K+1], NoC features [R, D])``."""
+    head.eval()
+    for shard, index in cache.images():
+        regions = region_slice(shard, index)
+        ids = np.arange(regions.start, regions.stop)
+        probs, feats = [], []
+        for start in range(0, len(ids), chunk):
+            inputs = gather_inputs(shard, ids[start:start + chunk], mode, None)
+            out = head(inputs if len(inputs) == 2 else inputs[0])
+            probs.append(torch.softmax(out.logits, 1))
+            feats.append(out.features)
+        if probs:
+            yield shard, index, regions, torch.cat(probs), torch.cat(feats)
+        else:
+            yield shard, index, regions, torch.zeros(0, head.num_outputs), torch.zeros(0, head.feature_dim)
+
+
+def detect_on_cache(cfg: ExperimentConfig, head: NoCHead, cache: RoIFeatureCache, dataset: DetectionDataset,
+                    svms: LinearSVMs | None, regressor: BoxRegressor | None, progress: bool) -> list[Detections]:
+    """Detections of every cached (test) image: scores, optional +bb, NMS, top-k."""
+    samples = dataset.by_id()
+    mode = pathways(head, cfg.noc.train_scale, training=False)
+    detections = []
+    images = tqdm(cached_regions(head, cache, mode), total=sum(len(s.image_ids) for s in cache.shards),
+                  desc="detect (test)", unit="img", disable=not progress)
+    for shard, index, regions, probs, feats in images:
+        image_id = shard.image_ids[index]
+        sample = samples[image_id]
+        boxes = torch.from_numpy(np.asarray(shard.boxes[regions]))
+        scores = svms.score(feats) if cfg.test.score == "svm" else probs[:, 1:]
+        if regressor is not None:
+            boxes = refine_boxes(regressor, shard, np.arange(regions.start, regions.stop), boxes)
+        detections.append(detect_from_scores(image_id, boxes, scores, sample.width, sample.height, cfg.test))
+    return detections
+
+
+def evaluate_all(dataset: DetectionDataset, detections: list[Detections]) -> dict:
+    """VOC07 11-point, VOC area and COCO metrics of one set of detections."""
+    from nocdet.evaluation.coco import evaluate_coco
+    from nocdet.evaluation.voc import evaluate_voc
+
+    metrics = {name: evaluate_voc(dataset, detections, metric=name).to_json() for name in ("voc07", "voc")}
+    metrics["coco"] = evaluate_coco(dataset, detections)
+    return metrics
+
+
+def write_diagnosis(run_dir: Path, dataset: DetectionDataset, detections: list[Detections]) -> None:
+    """The error diagnosis of Fig. 3 and the false-positive curve, as ``diagnosis.json``."""
+    from nocdet.evaluation.diagnosis import diagnose, false_positive_curve
+
+    diagnosis = diagnose(dataset, detections)
+    atomic_write_json(run_dir / "diagnosis.json",
+                      {**diagnosis.to_json(), "fp_curve": false_positive_curve(dataset, detections)})
+
+
+def write_results(run_dir: Path, dataset: DetectionDataset, split: str, detections: list[Detections]) -> None:
+    from nocdet.data.coco import coco_image_ids, write_coco_results
+    from nocdet.data.voc import write_voc_results
+
+    results = run_dir / "results"
+    write_voc_results(results, split, detections, dataset.classes)
+    category_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
+    write_coco_results(results / "coco_results.json", detections, category_ids, coco_image_ids(dataset))
+
+
+def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
+                          progress: bool = True) -> dict:
+    """Train and evaluate one frozen-feature NoC; everything goes into ``run_dir``. Returns metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    torch.manual_seed(cfg.seed)
+    timing: dict[str, float] = {}
+
+    t = time.perf_counter()
+    train_set = load_splits(cfg.data, cfg.data.train)
+    test_set = load_split(cfg.data, cfg.data.test, train_set.classes)
+    val_set = load_split(cfg.data, cfg.data.val, train_set.classes) if cfg.data.val else None
+    backbone = build_frozen_backbone(cfg)
+    train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress)
+    val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress) if val_set else None
+    test_cache = extract(cfg, backbone, test_set, cfg.data.test, False, progress)
+    timing["features_and_proposals"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    head = build_head(cfg, backbone, train_set.num_classes)
+    result = train_noc(head, train_cache, run_dir / "train", sampling=cfg.sampling, solver=cfg.solver,
+                       pathways=pathways(head, cfg.noc.train_scale, True), seed=cfg.seed, val_cache=val_cache,
+                       resume=resume, progress=progress)
+    timing["train_noc"] = time.perf_counter() - t
+    if result.interrupted:
+        return {"interrupted": result.interrupted, "iteration": result.iterations}
+
+    svms = regressor = None
+    if cfg.svm.enabled:
+        t = time.perf_counter()
+        svms = fit_svms(head, train_cache, train_set.num_classes, pathways(head, "best", False), cfg.svm, progress)
+        timing["train_svms"] = time.perf_counter() - t
+    if cfg.bbox.enabled:
+        t = time.perf_counter()
+        regressor = fit_box_regressor(train_cache, train_set.num_classes, cfg.bbox, progress)
+        timing["train_bbox"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    detections = detect_on_cache(cfg, head, test_cache, test_set, svms, regressor, progress)
+    timing["test"] = time.perf_counter() - t
+    metrics = evaluate_all(test_set, detections)
+    write_diagnosis(run_dir, test_set, detections)
+    metrics["timing_seconds"] = {k: round(v, 2) for k, v in timing.items()}
+    write_results(run_dir, test_set, cfg.data.test.rsplit(":", 1)[-1], detections)
+
+    save_checkpoint(run_dir / "model.pt", {
+        "format": "nocdet-frozen-detector", "version": 1, "config": asdict(cfg), "classes": train_set.classes,
+        "similarity_groups": train_set.similarity_groups, "head": head.state_dict(),
+        "backbone_state": backbone.state_dict(),
+        "svms": svms.state_dict() if svms else None, "bbox": regressor.state_dict() if regressor else None})
+    params = sum(p.numel() for p in head.parameters())
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "run.json", {
+        "name": cfg.name, "noc": cfg.noc.spec, "params": params, "train_seconds": round(timing["train_noc"], 2),
+        "data": {"format": cfg.data.format, "root": str(Path(cfg.data.root).resolve()),
+                 "test_split": cfg.data.test.rsplit(":", 1)[-1]},
+        "final_train_loss": result.train_loss, "final_val_loss": result.val_loss,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return metrics

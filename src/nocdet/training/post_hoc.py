@@ -1,0 +1,81 @@
+"""Post-hoc stages of the frozen-feature setting, fed from the RoI feature cache (SPEC.md 5).
+
+* SVMs (paper Sec. 3.2): one linear SVM per class on the NoC's second-to-last layer, with
+  hard-negative mining over the training images.
+* "+bb": ridge box regression on the pooled conv features (R-CNN's pool5) of each region at its
+  best pyramid level, applied once to the test regions.
+
+The cache's ground-truth rows are the non-difficult objects (difficult ones are left out of
+training, as in Fast R-CNN), so the records carry those objects only.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
+from nocdet.noc.head import NoCHead
+from nocdet.training.bbox_regression import BoxRegressionConfig, BoxRegressor, train_box_regressor
+from nocdet.training.roi_sampler import gather_inputs
+from nocdet.training.svm import LinearSVMs, RegionFeatures, SVMConfig, train_svms
+
+
+def _records(cache: RoIFeatureCache, features_of: Callable[[CacheShard, np.ndarray], Tensor]
+             ) -> Callable[[], Iterator[RegionFeatures]]:
+    """Re-iterable per-image records of a training cache with ``features_of(shard, rows)``."""
+
+    def records() -> Iterator[RegionFeatures]:
+        for shard, index in cache.images():
+            regions = region_slice(shard, index)
+            rows = np.arange(regions.start, regions.stop)
+            is_gt = torch.from_numpy(np.asarray(shard.is_gt[regions]))
+            boxes = torch.from_numpy(np.asarray(shard.boxes[regions]))
+            gt_boxes = boxes[is_gt]
+            yield RegionFeatures(image_id=f"{shard.image_ids[index]}{'/flip' if shard.flipped[index] else ''}",
+                                 features=features_of(shard, rows), boxes=boxes, gt_boxes=gt_boxes,
+                                 gt_labels=torch.from_numpy(np.asarray(shard.label[regions]))[is_gt],
+                                 gt_difficult=torch.zeros(len(gt_boxes), dtype=torch.bool), is_gt=is_gt)
+
+    return records
+
+
+def noc_features(head: NoCHead, mode: str, chunk: int = 2048) -> Callable[[CacheShard, np.ndarray], Tensor]:
+    """The NoC's second-to-last layer output ``[R, D]`` of cached regions."""
+
+    @torch.inference_mode()
+    def features_of(shard: CacheShard, rows: np.ndarray) -> Tensor:
+        head.eval()
+        out = []
+        for start in range(0, len(rows), chunk):
+            inputs = gather_inputs(shard, rows[start:start + chunk], mode, None)
+            out.append(head(inputs if len(inputs) == 2 else inputs[0]).features)
+        return torch.cat(out) if out else torch.zeros(0, head.feature_dim)
+
+    return features_of
+
+
+def pooled_features(shard: CacheShard, rows: np.ndarray) -> Tensor:
+    """Pooled conv features of regions at their best level, flattened: ``[R, C*m*m]``."""
+    return gather_inputs(shard, rows, "best", None)[0].flatten(1)
+
+
+def fit_svms(head: NoCHead, cache: RoIFeatureCache, num_classes: int, mode: str, config: SVMConfig,
+             progress: bool) -> LinearSVMs:
+    return train_svms(_records(cache, noc_features(head, mode)), num_classes, config, progress)
+
+
+def fit_box_regressor(cache: RoIFeatureCache, num_classes: int, config: BoxRegressionConfig,
+                      progress: bool) -> BoxRegressor:
+    return train_box_regressor(_records(cache, pooled_features), num_classes, config, progress)
+
+
+@torch.inference_mode()
+def refine_boxes(regressor: BoxRegressor, shard: CacheShard, rows: np.ndarray, boxes: Tensor) -> Tensor:
+    """Class-specific refined boxes ``[R, K, 4]`` of test regions."""
+    features = pooled_features(shard, rows)
+    refined = [regressor.predict(features, boxes, torch.full((len(boxes),), k, dtype=torch.int64))
+               for k in range(1, regressor.num_classes + 1)]
+    return torch.stack(refined, dim=1)

@@ -1,0 +1,131 @@
+"""Mini-batches of RoIs from the feature cache (SPPnet / Fast R-CNN sampling, SPEC.md 4).
+
+A batch takes ``images_per_batch`` images and ``rois_per_image`` regions from each, at most
+``fg_fraction`` of them foreground (IoU >= ``fg_iou`` with a ground-truth box, labelled with its
+class) and the rest background (IoU in ``[bg_iou_lo, bg_iou_hi)``, label 0). Images are visited in
+a seeded random order, epoch after epoch; the sampler's state is one numpy ``Generator`` plus a
+position, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
+
+Shape shorthand: R = regions in a batch, P = cached pathways, C, m = pooled channels and size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
+
+
+@dataclass
+class SamplingConfig:
+    images_per_batch: int = 2
+    rois_per_image: int = 64
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_lo: float = 0.1
+    bg_iou_hi: float = 0.5
+
+
+@dataclass
+class RoIBatch:
+    """``inputs``: one ``[R, C, m, m]`` tensor, or two for a maxout NoC; ``labels [R]``;
+    ``boxes``/``targets [R, 4]`` the regions and their best ground-truth boxes."""
+
+    inputs: list[Tensor]
+    labels: Tensor
+    boxes: Tensor
+    targets: Tensor
+
+
+def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: str, rng: np.random.Generator | None) -> list[Tensor]:
+    """The cached pooled features of regions ``index`` of a shard as NoC inputs.
+
+    ``pathways``: "pair" (both levels, maxout NoC), "best" (the single best level) or "random"
+    (one of the two levels at random; training-time scale jitter).
+    """
+    order = np.argsort(index)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    rows = np.asarray(shard.features[index[order]])[inverse]  # sorted reads from the memmap
+    x = torch.from_numpy(rows.astype(np.float32))
+    if pathways == "pair":
+        if x.shape[1] == 1:
+            return [x[:, 0], x[:, 0]]
+        return [x[:, 0], x[:, 1]]
+    if x.shape[1] == 1:
+        return [x[:, 0]]
+    if pathways == "best":
+        slot = shard.best[index].astype(np.int64)
+    elif pathways == "random":
+        slot = rng.integers(0, 2, len(index))
+    else:
+        raise ValueError(f"pathways must be 'pair', 'best' or 'random', got {pathways!r}")
+    return [x[torch.arange(len(index)), torch.from_numpy(slot)]]
+
+
+class RoISampler:
+    """Endless seeded stream of :class:`RoIBatch` from a cache."""
+
+    def __init__(self, cache: RoIFeatureCache, config: SamplingConfig, seed: int, pathways: str):
+        self.cache = cache
+        self.config = config
+        self.pathways = pathways
+        self.images = [(s, i) for s, i in cache.images()]
+        if not self.images:
+            raise ValueError(f"the cache {cache.path} holds no images")
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.images))
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = np.asarray(state["order"], np.int64)
+        self.position = int(state["position"])
+
+    def _next_image(self) -> tuple[CacheShard, int]:
+        if self.position >= len(self.order):
+            self.order = self.rng.permutation(len(self.images))
+            self.position = 0
+        image = self.images[self.order[self.position]]
+        self.position += 1
+        return image
+
+    def sample_image(self, shard: CacheShard, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Region indices (within the shard) and labels of one image's share of the batch."""
+        cfg = self.config
+        regions = region_slice(shard, index)
+        overlap = shard.overlap[regions]
+        fg = np.flatnonzero(overlap >= cfg.fg_iou)
+        bg = np.flatnonzero((overlap >= cfg.bg_iou_lo) & (overlap < cfg.bg_iou_hi))
+        num_fg = min(len(fg), int(round(cfg.fg_fraction * cfg.rois_per_image)))
+        fg = self.rng.choice(fg, num_fg, replace=False) if num_fg else fg[:0]
+        num_bg = min(len(bg), cfg.rois_per_image - num_fg)
+        bg = self.rng.choice(bg, num_bg, replace=False) if num_bg else bg[:0]
+        chosen = np.concatenate([fg, bg]).astype(np.int64) + regions.start
+        labels = np.concatenate([shard.label[fg + regions.start], np.zeros(len(bg), np.int64)])
+        return chosen, labels
+
+    def next(self) -> RoIBatch:
+        parts, labels, boxes, targets = [], [], [], []
+        visited = 0
+        while len(parts) < self.config.images_per_batch:
+            if visited >= len(self.images) + self.config.images_per_batch and not parts:
+                raise ValueError(f"no image of {self.cache.path} has a foreground or background region "
+                                 "in the configured IoU bands")
+            visited += 1
+            shard, index = self._next_image()
+            chosen, lab = self.sample_image(shard, index)
+            if len(chosen) == 0:
+                continue
+            parts.append(gather_inputs(shard, chosen, self.pathways, self.rng))
+            labels.append(torch.from_numpy(lab))
+            boxes.append(torch.from_numpy(shard.boxes[chosen]))
+            targets.append(torch.from_numpy(shard.target[chosen]))
+        inputs = [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return RoIBatch(inputs, torch.cat(labels), torch.cat(boxes), torch.cat(targets))
