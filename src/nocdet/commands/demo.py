@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=REPO_CONFIGS / "demo.yaml", help="experiment config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
-    parser.add_argument("--train", type=int, default=None, help="train-side images to generate")
-    parser.add_argument("--test", type=int, default=None, help="test images to generate")
+    parser.add_argument("--train", type=int, default=600, help="train-side images to generate")
+    parser.add_argument("--test", type=int, default=200, help="test images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     data = out / "scene-digits"
     if not (data / "dataset.json").exists():
         print(f"[1/5] making scene-digits in {data}")
-        sizes = {k: v for k, v in (("num_train", args.train), ("num_test", args.test)) if v is not None}
-        generate_scene_digits(data, seed=args.seed, progress=progress, **sizes)
+        generate_scene_digits(data, num_train=args.train, num_test=args.test, seed=args.seed, progress=progress)
     else:
         print(f"[1/5] scene-digits found in {data}")
 

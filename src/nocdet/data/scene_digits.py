@@ -19,7 +19,7 @@ can be made in any order or in worker processes, streamed to disk, and the same 
 same bytes. Output, in the PASCAL VOC layout plus COCO files (see :func:`generate_scene_digits`)::
 
     JPEGImages/<id>.jpg  Annotations/<id>.xml  ImageSets/Main/{train,val,trainval,test}.txt
-    annotations/instances_{train,val,trainval,test}.json  similarity_groups.json
+    annotations/instances_{train,val,trainval,test}.json  similarity_groups.json  classes.txt
     records.jsonl (per-object provenance)  dataset.json (version, config, counts)  README.md
 """
 from __future__ import annotations
@@ -324,7 +324,7 @@ def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int], ma
 
 # ------------------------------------------------------------------------------ the data set
 
-_OWNED = ("JPEGImages", "Annotations", "ImageSets", "annotations", "similarity_groups.json",
+_OWNED = ("JPEGImages", "Annotations", "ImageSets", "annotations", "similarity_groups.json", "classes.txt",
           "records.jsonl", "README.md", "dataset.json")  # what a previous output may hold; replaced
 
 
@@ -424,6 +424,7 @@ def _write_indexes(out: Path, config: SceneDigitsConfig, records: list[SceneReco
         dataset = DetectionDataset(CLASSES, samples, f"scene-digits {split}", SIMILARITY_GROUPS)
         write_coco_instances(out / "annotations" / f"instances_{split}.json", dataset)
     atomic_write_json(out / "similarity_groups.json", SIMILARITY_GROUPS)
+    atomic_write_text(out / "classes.txt", "".join(f"{name}\n" for name in CLASSES))
     atomic_write_text(out / "records.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
     counts = {split: _counts(members[split]) for split in SPLITS}
     atomic_write_text(out / "README.md", _readme(config, counts))

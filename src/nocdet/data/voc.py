@@ -368,13 +368,28 @@ def read_voc(root: str | Path, split: str, classes: Sequence[str] | None = None,
              year: str | None = None) -> DetectionDataset:
     """Read the ``split`` (``ImageSets/Main/<split>.txt``) of a VOC-layout data set.
 
-    Class list: ``classes`` if given, else the 20 VOC classes if every name found is one, else
-    the sorted names found. Similarity groups: ``<root>/similarity_groups.json`` (a list of
+    Class list: ``classes`` if given, else ``<root>/classes.txt`` (one name per line) if present,
+    else the 20 VOC classes if every name found is one, else the sorted names found. Similarity groups: ``<root>/similarity_groups.json`` (a list of
     lists of class names) if present, else :data:`VOC_SIMILARITY_GROUPS` for the VOC classes,
     else none.
     """
     voc_root = find_voc_root(root, year)
+    classes = classes if classes is not None else declared_classes(voc_root)
     return _build_dataset([_load_split(voc_root, split, classes)], classes)
+
+
+def declared_classes(voc_root: Path) -> list[str] | None:
+    """The class list a data set declares in ``classes.txt`` (one name per line), if any."""
+    path = voc_root / "classes.txt"
+    if not path.is_file():
+        return None
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read the class list: {err}", path=path) from err
+    if not names or len(set(names)) != len(names):
+        raise DataError("the class list is empty or names a class twice", path=path)
+    return names
 
 
 def read_voc_splits(items: Sequence[tuple], classes: Sequence[str] | None = None) -> DetectionDataset:

@@ -1,0 +1,74 @@
+"""The frozen-feature experiment end to end on a tiny scene-digits set (slow: real SS, real nets)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nocdet.data.scene_digits import generate_scene_digits
+from nocdet.errors import ConfigError
+from nocdet.evaluation.voc import evaluate_voc_results_dir
+from nocdet.experiment import load_experiment
+from nocdet.training.frozen_pipeline import run_frozen_experiment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_scene_digits(tmp_path_factory.mktemp("sd") / "data", num_train=40, num_test=6, seed=3,
+                                 progress=False)
+
+
+def tiny_config(data, cache, extra=()):
+    return load_experiment(None, [
+        f"data.root={data}", f"cache_dir={cache}", "backbone.name=small-zf", "backbone.options={width: 0.5}",
+        "proposals.min_size=8", "proposals.max_boxes=60", "proposals.workers=0", "proposals.color_spaces=[hsv]",
+        "pyramid.scales=[160, 240]", "pyramid.flip=false", "pyramid.target_area=2304",
+        "noc.spec=c16-mo-c16-f32-f32-fn+1", "solver.iterations=12", "solver.lr_steps=[8]",
+        "solver.checkpoint_every=6", "solver.val_every=6", "solver.val_batches=2", "solver.log_every=3",
+        "svm.enabled=true", "bbox.enabled=true", "test.score=svm", "test.score_threshold=-1.5", *extra])
+
+
+def test_run_folder_and_metrics_agree_with_the_evaluator(data, tmp_path):
+    cfg = tiny_config(data, tmp_path / "cache")
+    metrics = run_frozen_experiment(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.json", "run.json", "diagnosis.json", "model.pt", "train/log.jsonl",
+                 "results/coco_results.json", "results/comp4_det_test_7.txt"):
+        assert (run / name).is_file(), name
+    # the written result files, read back by the devkit-exact evaluator, give the same mAP
+    again = evaluate_voc_results_dir(data, "test", run / "results", metric="voc07")
+    assert again.mAP == pytest.approx(metrics["voc07"]["mAP"], abs=1e-9)
+    assert 0.0 <= metrics["coco"]["AP"] <= 1.0
+    log = [json.loads(line) for line in (run / "train/log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "loss_cls" in r] == [3, 6, 9, 12]
+    assert any("val_loss_cls" in r for r in log)
+    model = torch.load(run / "model.pt", weights_only=False)
+    assert model["classes"] == [str(d) for d in range(10)] and model["svms"] is not None
+
+
+def test_caches_are_shared_between_nocs(data, tmp_path):
+    cfg = tiny_config(data, tmp_path / "cache", ["svm.enabled=false", "bbox.enabled=false", "test.score=softmax",
+                                                 "test.score_threshold=0.05"])
+    run_frozen_experiment(cfg, tmp_path / "a", progress=False)
+    features = tmp_path / "cache" / "roi_features"
+    before = sorted(p.name for p in features.iterdir())
+    other = tiny_config(data, tmp_path / "cache", ["svm.enabled=false", "bbox.enabled=false", "test.score=softmax",
+                                                   "noc.spec=f32-f32-f11"])
+    run_frozen_experiment(other, tmp_path / "b", progress=False)
+    assert sorted(p.name for p in features.iterdir()) == before  # no new extraction
+
+
+def test_svm_scoring_needs_the_svm_stage():
+    with pytest.raises(ConfigError, match="svm.enabled is false"):
+        load_experiment(None, ["test.score=svm"])
+
+
+def test_train_command_reports_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("solver:\n  iteratons: 5\n")
+    proc = subprocess.run([sys.executable, "-m", "nocdet", "train", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown config key 'solver.iteratons'; did you mean 'solver.iterations'?" in proc.stderr
