@@ -229,6 +229,7 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
                                                   "settings": asdict(settings), "dataset": dataset.name})
 
     backbone.eval()
+    device = next(backbone.parameters()).device
     todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
             for flip in ([False, True] if settings.flip else [False])]
     per_image = []
@@ -247,17 +248,17 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     bar = tqdm(todo, desc=f"RoI features {dataset.name} [{rank + 1}/{world_size}]", unit="img",
                disable=not progress)
     for (sample, flip), regions, start in zip(bar, per_image, offsets[:-1]):
-        x = image_tensor(sample.path, backbone.mean, backbone.std, flip)
+        x = image_tensor(sample.path, backbone.mean, backbone.std, flip).to(device)
         if x.shape[1:] != (sample.height, sample.width):
             raise DataError(f"image is {x.shape[2]}x{x.shape[1]} but the annotation says "
                             f"{sample.width}x{sample.height}", path=sample.path, record=sample.image_id)
         n = len(regions["boxes"])
         if n == 0:
             continue
-        pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]), settings, roi_size)
-        features[start:start + n] = pooled.numpy().astype(np.float16)
-        levels[start:start + n] = lv.numpy()
-        best[start:start + n] = bs.numpy()
+        pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]).to(device), settings, roi_size)
+        features[start:start + n] = pooled.cpu().numpy().astype(np.float16)
+        levels[start:start + n] = lv.cpu().numpy()
+        best[start:start + n] = bs.cpu().numpy()
     features.flush()
     del features
     arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))

@@ -39,7 +39,7 @@ from nocdet.training.roi_sampler import gather_inputs
 
 def build_frozen_backbone(cfg: ExperimentConfig) -> Backbone:
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **cfg.backbone.options)
-    return backbone.freeze().eval()
+    return backbone.freeze().eval().to(cfg.device)
 
 
 def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:
@@ -47,6 +47,7 @@ def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> N
     spec = parse_noc(cfg.noc.spec).resolve(num_classes)
     stage_factory = backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
     head = NoCHead(spec, backbone.out_channels, backbone.roi_size, num_classes, stage_factory=stage_factory)
+    head.to(cfg.device)
     if cfg.noc.init == "finetune":
         fc67 = backbone.fc67()
         if fc67 is None:
@@ -99,15 +100,16 @@ def cached_regions(head: NoCHead, cache: RoIFeatureCache, mode: str, chunk: int 
                    ) -> Iterator[tuple[object, int, slice, torch.Tensor, torch.Tensor]]:
     """Per cached image: ``(shard, index, regions, softmax [R, K+1], NoC features [R, D])``."""
     head.eval()
+    device = next(head.parameters()).device
     for shard, index in cache.images():
         regions = region_slice(shard, index)
         ids = np.arange(regions.start, regions.stop)
         probs, feats = [], []
         for start in range(0, len(ids), chunk):
-            inputs = gather_inputs(shard, ids[start:start + chunk], mode, None)
+            inputs = [x.to(device) for x in gather_inputs(shard, ids[start:start + chunk], mode, None)]
             out = head(inputs if len(inputs) == 2 else inputs[0])
-            probs.append(torch.softmax(out.logits, 1))
-            feats.append(out.features)
+            probs.append(torch.softmax(out.logits, 1).cpu())
+            feats.append(out.features.cpu())
         if probs:
             yield shard, index, regions, torch.cat(probs), torch.cat(feats)
         else:

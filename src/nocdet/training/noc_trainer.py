@@ -55,8 +55,9 @@ def learning_rate(config: SolverConfig, iteration: int) -> float:
 
 
 def _forward_loss(head: torch.nn.Module, batch: RoIBatch) -> torch.Tensor:
-    x = batch.inputs if len(batch.inputs) == 2 else batch.inputs[0]
-    return F.cross_entropy(head(x).logits, batch.labels)
+    device = next(head.parameters()).device
+    inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
+    return F.cross_entropy(head(inputs if len(inputs) == 2 else inputs[0]).logits, batch.labels.to(device))
 
 
 @torch.no_grad()

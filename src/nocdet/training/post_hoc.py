@@ -48,10 +48,11 @@ def noc_features(head: NoCHead, mode: str, chunk: int = 2048) -> Callable[[Cache
     @torch.inference_mode()
     def features_of(shard: CacheShard, rows: np.ndarray) -> Tensor:
         head.eval()
+        device = next(head.parameters()).device
         out = []
         for start in range(0, len(rows), chunk):
-            inputs = gather_inputs(shard, rows[start:start + chunk], mode, None)
-            out.append(head(inputs if len(inputs) == 2 else inputs[0]).features)
+            inputs = [x.to(device) for x in gather_inputs(shard, rows[start:start + chunk], mode, None)]
+            out.append(head(inputs if len(inputs) == 2 else inputs[0]).features.cpu())
         return torch.cat(out) if out else torch.zeros(0, head.feature_dim)
 
     return features_of
