@@ -16,6 +16,8 @@ NAME = "demo"
 HELP = "make scene-digits, pre-train, train a NoC, evaluate, diagnose and write a report"
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+#: Pre-training of the demo (`nocdet pretrain` defaults but the number of epochs).
+DEMO_PRETRAIN = {"epochs": 8}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=REPO_CONFIGS / "demo.yaml", help="experiment config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
-    parser.add_argument("--train", type=int, default=600, help="train-side images to generate")
+    parser.add_argument("--train", type=int, default=800, help="train-side images to generate")
     parser.add_argument("--test", type=int, default=200, help="test images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if not weights.exists():
         print(f"[2/5] pre-training {cfg.backbone.name} on the train split (stands in for ImageNet)")
         result = pretrain(cfg.backbone.name, cfg.backbone.options, read_voc(data, "train"), weights,
-                          seed=args.seed, progress=progress)
+                          seed=args.seed, progress=progress, **DEMO_PRETRAIN)
         print(f"      held-out crop accuracy {result.accuracy:.3f} in {result.seconds:.0f} s")
     else:
         print(f"[2/5] pre-trained weights found: {weights}")

@@ -21,7 +21,14 @@ The weights file is a nocdet pre-training checkpoint, ``{"backbone": state_dict,
 "backbone_name": ..., "backbone_options": ..., "optimizer": ..., "epoch": ...}``: exactly what
 ``build_backbone(name, weights=path, **options)`` loads (trunk, fc6/fc7, res5 blocks; then
 ``fc67()`` gives the trained fc6/fc7), and what ``backbone.weights`` in an experiment config
-points to. It is rewritten atomically after every epoch, so an interrupted run resumes.
+points to. It is rewritten atomically after every epoch, so an interrupted run resumes (bit for
+bit as a straight run with the same number of torch threads).
+
+Defaults, measured on scene-digits (875 train images: 12.9k training crops, 1.45k held out, 11
+classes) with ``small-zf``: 5 epochs, about 2 minutes on 2 idle CPU cores, about 87% held-out
+accuracy. Longer runs gain little (~88-89% after 2-4x the steps): many of the remaining errors
+are crops that are ambiguous by construction (digits half hidden or overlapping, background
+boxes around a much smaller digit).
 """
 from __future__ import annotations
 
@@ -262,10 +269,10 @@ class PretrainResult:
     checkpoint then holds epoch ``epochs``)."""
 
     accuracy: float
-    backbone: Backbone
     seconds: float
     epochs: int
     path: Path
+    backbone: Backbone
     num_train: int
     num_heldout: int
     history: list[dict] = field(default_factory=list)
@@ -386,7 +393,7 @@ def _train(backbone_name: str, options: dict, dataset: DetectionDataset, out_pat
     for m, p in zip(dropouts, kept_p):
         m.p = p
     accuracy = history[-1]["heldout_accuracy"] if history else float("nan")
-    return PretrainResult(accuracy, backbone, time.perf_counter() - t0, len(history), out_path, len(train),
+    return PretrainResult(accuracy, time.perf_counter() - t0, len(history), out_path, backbone, len(train),
                           len(heldout), history, interrupted)
 
 
@@ -406,7 +413,7 @@ def evaluate_accuracy(model: RegionClassifier, crops: ClassificationSet, batch_s
 
 def _as_float(images: Tensor) -> Tensor:
     """uint8 ``[B, S, S, 3]`` -> float ``[B, 3, S, S]`` in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float().div_(255).contiguous()
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
 def _augment(images: Tensor, rois: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
