@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+
+from nocdet.errors import DataError
 
 
 @dataclass
@@ -120,3 +123,18 @@ class Detections:
         self.labels = np.asarray(self.labels, np.int64).reshape(-1)
         if not (len(self.boxes) == len(self.scores) == len(self.labels)):
             raise ValueError(f"detections of {self.image_id}: lengths differ")
+
+
+def check_similarity_groups(groups: object, classes: Sequence[str],
+                            path: str | Path | None = None) -> list[list[str]]:
+    """Validate groups (a list of lists of class names) against ``classes``."""
+    if not isinstance(groups, (list, tuple)):
+        raise DataError("similarity groups must be a list of lists of class names", path=path)
+    for k, group in enumerate(groups):
+        if not isinstance(group, (list, tuple)) or not all(isinstance(n, str) for n in group):
+            raise DataError("expected a list of class names", path=path, record=f"group {k}")
+        unknown = [n for n in group if n not in classes]
+        if unknown:
+            raise DataError(f"unknown class(es) {', '.join(map(repr, unknown))}; known classes: "
+                            f"{', '.join(classes)}", path=path, record=f"group {k}")
+    return [list(g) for g in groups]

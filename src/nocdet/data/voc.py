@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nocdet.data.images import image_size
-from nocdet.data.sample import DetectionDataset, Detections, Sample
+from nocdet.data.sample import DetectionDataset, Detections, Sample, check_similarity_groups
 from nocdet.errors import DataError
 from nocdet.io import atomic_write_text
 
@@ -502,16 +502,7 @@ def _similarity_groups(voc_root: Path, classes: list[str]) -> list[list[str]]:
         groups = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read similarity groups: {err}", path=path) from err
-    if not isinstance(groups, list):
-        raise DataError("expected a JSON list of lists of class names", path=path)
-    for k, group in enumerate(groups):
-        if not isinstance(group, list) or not all(isinstance(n, str) for n in group):
-            raise DataError("expected a list of class names", path=path, record=f"group {k}")
-        unknown = [n for n in group if n not in classes]
-        if unknown:
-            raise DataError(f"unknown class(es) {', '.join(map(repr, unknown))}; known classes: "
-                            f"{', '.join(classes)}", path=path, record=f"group {k}")
-    return [list(g) for g in groups]
+    return check_similarity_groups(groups, classes, path)
 
 
 # --------------------------------------------------------------------------- result files

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nocdet.data.sample import DetectionDataset, Detections
+from nocdet.data.sample import DetectionDataset, Detections, check_similarity_groups
 from nocdet.errors import ConfigError, DataError
 
 CATEGORIES: tuple[str, ...] = ("Cor", "Loc", "Sim", "Oth", "BG")
@@ -149,21 +149,6 @@ def load_similarity_groups(path: str | Path, classes: Sequence[str]) -> list[lis
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read similarity groups: {err}", path=path) from err
     return check_similarity_groups(groups, classes, path)
-
-
-def check_similarity_groups(groups: object, classes: Sequence[str],
-                            path: str | Path | None = None) -> list[list[str]]:
-    """Validate groups (a list of lists of class names) against ``classes``."""
-    if not isinstance(groups, (list, tuple)):
-        raise DataError("similarity groups must be a list of lists of class names", path=path)
-    for k, group in enumerate(groups):
-        if not isinstance(group, (list, tuple)) or not all(isinstance(n, str) for n in group):
-            raise DataError("expected a list of class names", path=path, record=f"group {k}")
-        unknown = [n for n in group if n not in classes]
-        if unknown:
-            raise DataError(f"unknown class(es) {', '.join(map(repr, unknown))}; known classes: "
-                            f"{', '.join(classes)}", path=path, record=f"group {k}")
-    return [list(g) for g in groups]
 
 
 def resolve_similarity_groups(dataset: DetectionDataset,
