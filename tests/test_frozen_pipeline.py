@@ -72,3 +72,29 @@ def test_train_command_reports_config_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nocdet", "train", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown config key 'solver.iteratons'; did you mean 'solver.iterations'?" in proc.stderr
+
+
+def test_sweep_compares_designs_on_one_cache(data, tmp_path):
+    import argparse
+
+    from nocdet.commands import sweep
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""
+data: {{root: "{data}"}}
+cache_dir: "{tmp_path / 'cache'}"
+backbone: {{name: small-zf, options: {{width: 0.5}}}}
+proposals: {{min_size: 8, max_boxes: 60, workers: 0, color_spaces: [hsv]}}
+pyramid: {{scales: [160, 240], flip: false, target_area: 2304}}
+solver: {{iterations: 6, lr_steps: [4], checkpoint_every: 6, val_every: 6, val_batches: 2, log_every: 3}}
+""")
+    specs = ["f32-f32-fn+1", "c16-mo-c16-f32-f32-fn+1"]
+    args = argparse.Namespace(config=cfg, noc=specs, overrides=[], output=tmp_path / "sweep", no_progress=True)
+    assert sweep.run(args) == 0
+    rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == specs
+    for spec in specs:
+        metrics = json.loads((tmp_path / "sweep" / sweep.slug(spec) / "metrics.json").read_text())
+        assert f"{100 * metrics['voc07']['mAP']:.1f}" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert len(list((tmp_path / "cache" / "roi_features").iterdir())) == 3  # train, val, test: extracted once
+    assert (tmp_path / "sweep" / "sweep_ap.png").stat().st_size > 1000
