@@ -98,3 +98,49 @@ solver: {{iterations: 6, lr_steps: [4], checkpoint_every: 6, val_every: 6, val_b
         assert f"{100 * metrics['voc07']['mAP']:.1f}" in (tmp_path / "sweep" / "sweep.md").read_text()
     assert len(list((tmp_path / "cache" / "roi_features").iterdir())) == 3  # train, val, test: extracted once
     assert (tmp_path / "sweep" / "sweep_ap.png").stat().st_size > 1000
+
+
+def test_loaded_detector_reproduces_the_cached_pipeline(data, tmp_path):
+    import numpy as np
+
+    import nocdet
+    from nocdet.data.voc import read_voc, read_voc_results
+    from nocdet.viz.report import detections_from_voc_results
+
+    cfg = tiny_config(data, tmp_path / "cache", ["svm.enabled=false", "test.score=softmax",
+                                                 "test.score_threshold=0.0", "solver.iterations=30"])
+    run_frozen_experiment(cfg, tmp_path / "run", progress=False)
+    test_set = read_voc(data, "test")
+    cached = detections_from_voc_results(read_voc_results(tmp_path / "run" / "results", "test", test_set.classes),
+                                         test_set.classes, [s.image_id for s in test_set.samples])
+    detector = nocdet.load(tmp_path / "run" / "model.pt")
+    sample = test_set.samples[0]
+    fresh = detector.predict([sample.path])[0]
+    # the cache holds float16 features: the two paths agree to that precision
+    top = np.argsort(-cached[0].scores)[:5]
+    assert len(fresh.scores) == len(cached[0].scores)
+    np.testing.assert_allclose(np.sort(fresh.scores)[::-1][:5], cached[0].scores[top], atol=2e-3)
+    assert fresh.names == [detector.classes[k - 1] for k in fresh.labels]
+    # any image format a user has: a PIL image gives the same as its path
+    from PIL import Image
+    again = detector.predict(Image.open(sample.path))[0]
+    np.testing.assert_allclose(again.scores, fresh.scores)
+
+
+def test_detect_command_draws_and_lists_unreadable_files(data, tmp_path):
+    cfg = tiny_config(data, tmp_path / "cache", ["svm.enabled=false", "bbox.enabled=false", "test.score=softmax",
+                                                 "solver.iterations=6"])
+    run_frozen_experiment(cfg, tmp_path / "run", progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted((data / "JPEGImages").iterdir())[:2]:
+        (images / name.name).write_bytes(name.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not an image")
+    proc = subprocess.run([sys.executable, "-m", "nocdet", "detect", "--checkpoint", str(tmp_path / "run/model.pt"),
+                           str(images), "--out", str(tmp_path / "out"), "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "2 images" in proc.stdout and "broken.jpg" in proc.stdout
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert all(r["category"] in [str(d) for d in range(10)] and len(r["bbox"]) == 4 for r in records)

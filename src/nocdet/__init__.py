@@ -8,4 +8,13 @@ from nocdet.errors import ConfigError, DataError, NocdetError, SpecError, Traini
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "NocdetError", "SpecError", "TrainingError", "__version__"]
+
+def load(checkpoint, device: str = "cpu"):
+    """The detector saved as ``model.pt`` by ``nocdet train`` / ``nocdet demo``; call
+    ``.predict(images)`` on paths, PIL images, NumPy arrays or tensors."""
+    from nocdet.detector import load as load_detector
+
+    return load_detector(checkpoint, device)
+
+
+__all__ = ["ConfigError", "DataError", "NocdetError", "SpecError", "TrainingError", "__version__", "load"]
