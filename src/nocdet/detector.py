@@ -99,20 +99,13 @@ class FrozenNoCDetector:
         x = self.backbone.normalize(x).to(self.device)
         rois = torch.from_numpy(boxes).to(self.device)
         pooled, _, best = pool_regions(self.backbone, x, rois, self.settings, self.backbone.roi_size)
-        if self.head.spec.has_maxout:
-            inputs = [pooled[:, 0], pooled[:, -1]]
-            out = self.head(inputs)
-        else:
-            single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
-            out = self.head(single)
+        single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
+        out = self.head([pooled[:, 0], pooled[:, -1]] if self.head.spec.has_maxout else single)
         scores = (self.svms.score(out.features.cpu()) if self.config.test.score == "svm"
                   else torch.softmax(out.logits, 1)[:, 1:].cpu())
         region_boxes = torch.from_numpy(boxes)
         if self.regressor is not None:
-            best_pooled = (pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]).cpu()
-            flat = best_pooled.flatten(1)
-            region_boxes = torch.stack([self.regressor.predict(flat, region_boxes, torch.full((len(boxes),), k))
-                                        for k in range(1, len(self.classes) + 1)], dim=1)
+            region_boxes = self.regressor.predict_all(single.cpu().flatten(1), region_boxes)
         return detect_from_scores(image_id, region_boxes, scores, width, height, self.config.test)
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[Prediction]:

@@ -169,6 +169,11 @@ class BoxRegressor(nn.Module):
         boxes = torch.as_tensor(boxes).reshape(-1, 4).to(self.weight)
         return decode_deltas(self.deltas(features, labels), boxes)
 
+    def predict_all(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Refined boxes of every class: ``[R, K, 4]`` (for class-specific NMS at test time)."""
+        labels = torch.ones(len(boxes), dtype=torch.int64)
+        return torch.stack([self.predict(features, boxes, labels * k) for k in range(1, self.num_classes + 1)], 1)
+
     forward = predict
 
 

@@ -76,7 +76,4 @@ def fit_box_regressor(cache: RoIFeatureCache, num_classes: int, config: BoxRegre
 @torch.inference_mode()
 def refine_boxes(regressor: BoxRegressor, shard: CacheShard, rows: np.ndarray, boxes: Tensor) -> Tensor:
     """Class-specific refined boxes ``[R, K, 4]`` of test regions."""
-    features = pooled_features(shard, rows)
-    refined = [regressor.predict(features, boxes, torch.full((len(boxes),), k, dtype=torch.int64))
-               for k in range(1, regressor.num_classes + 1)]
-    return torch.stack(refined, dim=1)
+    return regressor.predict_all(pooled_features(shard, rows), boxes)
