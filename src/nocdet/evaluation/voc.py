@@ -30,6 +30,7 @@ import numpy as np
 
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.errors import ConfigError, DataError
+from nocdet.evaluation.diagnosis import detections_by_class
 
 METRICS = ("voc07", "voc")
 
@@ -272,31 +273,14 @@ def evaluate_voc(
     Images without detections are fine; equal scores keep the order of ``detections``.
     """
     use_07 = _use_07_metric(metric)
-    known = {s.image_id for s in dataset.samples}
-    ids: dict[int, list[str]] = {k: [] for k in range(1, dataset.num_classes + 1)}
-    scores: dict[int, list[np.ndarray]] = {k: [] for k in ids}
-    boxes: dict[int, list[np.ndarray]] = {k: [] for k in ids}
-    for det in detections:
-        if det.image_id not in known:
-            raise DataError(f"detections on image {det.image_id!r}, which is not in {dataset.name or 'the data set'}")
-        bad = (det.labels < 1) | (det.labels > dataset.num_classes)
-        if bad.any():
-            raise DataError(f"label {int(det.labels[bad][0])} outside 1..{dataset.num_classes}",
-                            record=f"image {det.image_id}")
-        devkit = _to_devkit(det.boxes)
-        for label in np.unique(det.labels).tolist():
-            keep = det.labels == label
-            ids[label].extend([det.image_id] * int(keep.sum()))
-            scores[label].append(det.scores[keep])
-            boxes[label].append(devkit[keep])
+    by_class = detections_by_class(dataset, detections)
     gt = ground_truth_by_class(dataset)
     evals = {}
-    for label, name in enumerate(dataset.classes, start=1):
-        evals[name] = evaluate_class(
-            gt[name], ids[label],
-            np.concatenate(scores[label]) if scores[label] else np.zeros(0),
-            np.concatenate(boxes[label]) if boxes[label] else np.zeros((0, 4)),
-            iou_threshold=iou_threshold, use_07_metric=use_07, strict_threshold=strict_threshold)
+    for name in dataset.classes:
+        dets = by_class[name]
+        evals[name] = evaluate_class(gt[name], dets.image_ids, dets.scores, _to_devkit(dets.boxes),
+                                     iou_threshold=iou_threshold, use_07_metric=use_07,
+                                     strict_threshold=strict_threshold)
     return VOCEval(metric, evals)
 
 
