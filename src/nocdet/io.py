@@ -2,14 +2,24 @@
 
 Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
 over the target (atomic on POSIX). A failure (e.g. disk full) removes the temporary file and
-leaves the previous version of the target intact.
+leaves the previous version of the target intact; the error names the file and the reason
+("No space left on device").
+
+A process killed by ``kill -9`` mid-write cannot remove its temporary file. Temporary names
+carry their writer (a hash of the host name and the process id), and the first write of a
+process into a folder removes the temporary files there whose writer is a process of this host
+that no longer runs: stale files never pile up, and a live writer's file is never touched.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -18,6 +28,39 @@ from nocdet.errors import NocdetError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)\.[^.]*\.tmp$")  # ... .<host>-<pid>.<random>.tmp
+_swept: set[tuple[int, str]] = set()  # (pid, folder) pairs already swept by this process
+
+
+def owner_tag() -> str:
+    """``<host hash>-<pid>``: names this process in temporary file and folder names."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def is_orphan(name: str) -> bool:
+    """Whether ``name`` is a temporary file or folder of a dead process of this host."""
+    match = _OWNER.search(name)
+    if match is None or match.group(1) != _HOST:
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive (another user's), or not a pid at all
+        return False
+    return False
+
+
+def remove_orphans(folder: str | Path) -> None:
+    """Delete the temporary files and folders in ``folder`` left by dead processes (see module doc)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tmp") and is_orphan(entry.name):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _remove(entry.path)
 
 
 @contextlib.contextmanager
@@ -26,15 +69,17 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError("atomic_open writes only ('w' or 'wb')")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+        tmp = None
         _fsync_dir(path.parent)
     except OSError as err:
         _remove(tmp)
@@ -42,6 +87,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         _remove(tmp)
         raise
+    _sweep_once(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -67,6 +113,14 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_orphans` on the first write of this process into ``folder`` (cheap after)."""
+    key = (os.getpid(), str(folder))
+    if key not in _swept:
+        _swept.add(key)
+        remove_orphans(folder)
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -76,6 +130,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def _remove(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -1,8 +1,14 @@
 """``nocdet detect --checkpoint model.pt IMAGES_OR_FOLDERS --out DIR``: detection on any image.
 
 Writes one PNG per image with the boxes, class names and scores drawn, and ``detections.json``
-(COCO-style: file, bbox [x, y, w, h], score, category). Unreadable files do not stop the run:
-they are listed at the end and the exit code is 1.
+(COCO-style: file, bbox [x, y, w, h], score, category). Folders are searched recursively for
+image extensions (other files are skipped and counted). Any image format and mode Pillow reads
+works (grayscale, palette, RGBA, 16-bit, CMYK; see :mod:`nocdet.data.images`).
+
+A file that cannot be used (empty, truncated, not an image, missing) does not stop the run: it
+is reported at the end, after all other images are done, with its reason, the count of such
+files among all image files, and ``failed.json`` in the output folder (``[{"file", "error"}]``,
+empty when all went well). The exit status is then 1 (0 when every image was processed).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 
 NAME = "detect"
 HELP = "detect objects in JPEG/PNG images with a trained model.pt; draw and save the results"
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,43 +30,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def image_files(inputs: list[Path]) -> list[Path]:
+def image_files(inputs: list[Path]) -> tuple[list[Path], int]:
+    """The files to detect on (named files as given, folders searched recursively for image
+    extensions) and the number of folder entries skipped for their extension."""
     files: list[Path] = []
+    skipped = 0
     for item in inputs:
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in EXTENSIONS))
+            for path in sorted(item.rglob("*")):
+                if path.suffix.lower() in EXTENSIONS:
+                    files.append(path)
+                elif path.is_file():
+                    skipped += 1
         else:
             files.append(item)
-    return files
+    return files, skipped
 
 
 def run(args: argparse.Namespace) -> int:
+    import cv2
     from tqdm import tqdm
 
     from nocdet.data.images import load_image
     from nocdet.detector import load
-    from nocdet.errors import NocdetError
+    from nocdet.errors import DataError, NocdetError
+    from nocdet.io import atomic_write_json
     from nocdet.viz.draw import save_detections_png
 
     detector = load(args.checkpoint, args.device)
-    files = image_files(args.inputs)
+    files, skipped = image_files(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     records, failed = [], []
     for index, path in enumerate(tqdm(files, desc="detect", unit="img", disable=args.no_progress)):
         try:
             image = load_image(path)
         except (NocdetError, OSError) as err:
-            failed.append(f"{path}: {err}")
+            failed.append({"file": str(path), "error": err.reason if isinstance(err, DataError) else str(err)})
             continue
-        det = detector.detect(image, str(path))
+        try:
+            det = detector.detect(image, str(path))
+        except (NocdetError, ValueError, RuntimeError, cv2.error) as err:  # one bad image must not stop the run
+            failed.append({"file": str(path), "error": f"detection failed ({type(err).__name__}: {err})"})
+            continue
         save_detections_png(args.out / f"{index:05d}_{path.stem}.png", image, det, detector.classes,
                             threshold=args.threshold)
         for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
             records.append({"file": str(path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                             "score": score, "category": detector.classes[label - 1]})
-    (args.out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")
+    atomic_write_json(args.out / "detections.json", records, indent=1)
+    atomic_write_json(args.out / "failed.json", failed)
     print(f"{len(files) - len(failed)} images, {len(records)} detections -> {args.out}")
+    if skipped:
+        print(f"skipped {skipped} file(s) without an image extension ({', '.join(sorted(EXTENSIONS))})")
     if failed:
-        print(f"could not read {len(failed)} file(s):\n  " + "\n  ".join(failed))
+        print(f"could not read {len(failed)} of {len(files)} image files (also in {args.out / 'failed.json'}):\n  "
+              + "\n  ".join(f"{f['file']}: {f['error']}" for f in failed))
         return 1
     return 0

@@ -19,6 +19,15 @@ content: backbone and weights, scales, pooling, proposals, images and annotation
                      images.json     the shard's image ids, flip flags and region offsets
     shard-<k>-of-<n>.done.json       written atomically last: a shard without it is rebuilt
 
+A shard is built in a private temporary folder (``shard-<k>-of-<n>.<host>-<pid>.<random>.tmp``),
+its files written and fsync'ed, and only then renamed to ``shard-<k>-of-<n>/`` and marked done:
+two processes extracting the same cache at once never write into the same files (the second
+to finish keeps the first one's identical shard), a killed extraction leaves only a temporary
+folder (removed by the next extraction once its process is gone), and a full disk is a
+:class:`~nocdet.errors.NocdetError` naming the file, with the temporary folder removed and any
+earlier cache untouched. Features are written image by image, so memory stays bounded whatever
+the cache size.
+
 Regions per image: the ground-truth boxes first when ``include_gt`` (training splits, as in
 Fast R-CNN), then the proposals. ``overlap``/``label``/``target`` are each region's best IoU with
 a non-difficult ground-truth box, that box's label and coordinates (Fast R-CNN excludes
@@ -28,10 +37,13 @@ Shape shorthand: N = regions, P = pathways (2, or 1 for a single level), C = cha
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -44,10 +56,10 @@ from tqdm import tqdm
 
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
-from nocdet.errors import DataError
+from nocdet.errors import DataError, NocdetError
 from nocdet.features.pyramid import pool_pyramid_pair, pyramid_scale_factors, resize_to_scales, \
     select_adjacent_pair, select_scale
-from nocdet.io import atomic_write_bytes, atomic_write_json
+from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
 
 CACHE_FORMAT = 1
 
@@ -209,7 +221,8 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     """Extract (or find) the cache of ``dataset``; this process fills shard ``rank`` of ``world_size``.
 
     Returns the cache folder. A finished shard with the same key is reused; an unfinished one
-    (killed run) is rebuilt. Call :func:`open_cache` once every rank has finished.
+    (killed run) is rebuilt; the shard is built aside and renamed into place (module doc). Call
+    :func:`open_cache` once every rank has finished.
     """
     missing = [s.image_id for s in dataset.samples if s.image_id not in proposals]
     if missing:
@@ -222,12 +235,39 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     if done.exists():
         return folder
     shard_dir = folder / name
-    if shard_dir.exists():
-        shutil.rmtree(shard_dir)
-    shard_dir.mkdir(parents=True)
+    if shard_dir.exists() and not (shard_dir / "images.json").exists():
+        shutil.rmtree(shard_dir, ignore_errors=True)  # left by a killed run of an older nocdet
     atomic_write_json(folder / "settings.json", {"key": key, "backbone": backbone_name, "roi_size": roi_size,
                                                   "settings": asdict(settings), "dataset": dataset.name})
+    remove_orphans(folder)
+    if not shard_dir.exists():
+        tmp = None
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f"{name}.{owner_tag()}.", suffix=".tmp", dir=folder))
+            _write_shard(tmp, dataset, proposals, backbone, settings, roi_size, rank, world_size, progress)
+            os.rename(tmp, shard_dir)
+        except OSError as err:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (shard_dir / "images.json").exists():
+                raise NocdetError(f"could not write the RoI feature cache shard {shard_dir}: "
+                                  f"{err.strerror or err} (unfinished shard removed)") from err
+            # another process finished the same shard first: its content is the same, keep it
+        except BaseException:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    image_ids = json.loads((shard_dir / "images.json").read_text())["image_ids"]
+    with np.load(shard_dir / "regions.npz") as regions:
+        total = len(regions["boxes"])
+    atomic_write_json(done, {"key": key, "regions": total, "images": len(image_ids)})
+    return folder
 
+
+def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
+                 backbone: torch.nn.Module, settings: ExtractionSettings, roi_size: int, rank: int,
+                 world_size: int, progress: bool) -> None:
+    """Extract the images of shard ``rank`` into ``shard_dir``: features streamed, then the rest."""
     backbone.eval()
     device = next(backbone.parameters()).device
     todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
@@ -241,26 +281,29 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     total = int(offsets[-1])
     pathways = 1 if len(settings.scales) == 1 else 2
     channels = int(backbone.out_channels)
-    features = np.lib.format.open_memmap(shard_dir / "features.npy", mode="w+", dtype=np.float16,
-                                         shape=(total, pathways, channels, roi_size, roi_size))
     levels = np.zeros((total, pathways), np.int8)
     best = np.zeros(total, np.int8)
     bar = tqdm(todo, desc=f"RoI features {dataset.name} [{rank + 1}/{world_size}]", unit="img",
                disable=not progress)
-    for (sample, flip), regions, start in zip(bar, per_image, offsets[:-1]):
-        x = image_tensor(sample.path, backbone.mean, backbone.std, flip).to(device)
-        if x.shape[1:] != (sample.height, sample.width):
-            raise DataError(f"image is {x.shape[2]}x{x.shape[1]} but the annotation says "
-                            f"{sample.width}x{sample.height}", path=sample.path, record=sample.image_id)
-        n = len(regions["boxes"])
-        if n == 0:
-            continue
-        pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]).to(device), settings, roi_size)
-        features[start:start + n] = pooled.cpu().numpy().astype(np.float16)
-        levels[start:start + n] = lv.cpu().numpy()
-        best[start:start + n] = bs.cpu().numpy()
-    features.flush()
-    del features
+    with open(shard_dir / "features.npy", "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+            "shape": (total, pathways, channels, roi_size, roi_size)})
+        for (sample, flip), regions, start in zip(bar, per_image, offsets[:-1]):
+            x = image_tensor(sample.path, backbone.mean, backbone.std, flip).to(device)
+            if x.shape[1:] != (sample.height, sample.width):
+                raise DataError(f"image is {x.shape[2]}x{x.shape[1]} but the annotation says "
+                                f"{sample.width}x{sample.height}", path=sample.path, record=sample.image_id)
+            n = len(regions["boxes"])
+            if n == 0:
+                continue
+            pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]).to(device), settings,
+                                          roi_size)
+            out.write(pooled.cpu().numpy().astype(np.float16).tobytes())  # regions in order: offsets are contiguous
+            levels[start:start + n] = lv.cpu().numpy()
+            best[start:start + n] = bs.cpu().numpy()
+        out.flush()
+        os.fsync(out.fileno())
     arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))
               for k in ("boxes", "is_gt", "overlap", "label", "target")}
     arrays["image"] = np.repeat(np.arange(len(per_image)), np.diff(offsets)).astype(np.int32)
@@ -269,8 +312,6 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     atomic_write_bytes(shard_dir / "regions.npz", buffer.getvalue())
     atomic_write_json(shard_dir / "images.json", {"image_ids": [s.image_id for s, _ in todo],
                                                   "flipped": [f for _, f in todo]})
-    atomic_write_json(done, {"key": key, "regions": total, "images": len(todo)})
-    return folder
 
 
 def open_cache(folder: str | Path) -> RoIFeatureCache:
