@@ -17,4 +17,13 @@ def load(checkpoint, device: str = "cpu"):
     return load_detector(checkpoint, device)
 
 
-__all__ = ["ConfigError", "DataError", "NocdetError", "SpecError", "TrainingError", "__version__", "load"]
+def build_detector(config, classes=None, *, allow_random: bool = False, device: str | None = None):
+    """An untrained detector of an experiment config (``ExperimentConfig``, YAML path or dict):
+    the configured pre-trained backbone and a freshly initialised NoC, with ``.predict``."""
+    from nocdet.detector import build_detector as build
+
+    return build(config, classes, allow_random=allow_random, device=device)
+
+
+__all__ = ["ConfigError", "DataError", "NocdetError", "SpecError", "TrainingError", "__version__", "build_detector",
+           "load"]

@@ -11,7 +11,7 @@ import sys
 
 from nocdet.errors import NocdetError
 
-COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo"]
+COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

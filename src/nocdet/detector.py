@@ -6,9 +6,10 @@ softmax or SVM scores -> optional box regression -> clip, per-class NMS, top-k.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,13 +18,13 @@ from PIL import Image
 from nocdet.config import from_dict
 from nocdet.data.images import load_image
 from nocdet.data.sample import Detections
-from nocdet.errors import NocdetError
-from nocdet.experiment import ExperimentConfig
-from nocdet.features.backbones import build_backbone
+from nocdet.errors import ConfigError, NocdetError
+from nocdet.experiment import ExperimentConfig, load_experiment, load_split
+from nocdet.features.backbones import Backbone, build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
 from nocdet.noc.spec import parse_noc
-from nocdet.postprocess import detect_from_scores
+from nocdet.postprocess import PostprocessConfig, detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.checkpoint import load_checkpoint
@@ -63,49 +64,77 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
 
 
 class FrozenNoCDetector:
-    """The detector a frozen-feature run saved in ``model.pt``."""
+    """A frozen-feature detector: backbone, NoC, optional SVMs and box regressor, and the config
+    (proposals, pyramid, test-time post-processing) that ties them together.
 
-    def __init__(self, state: dict, device: str = "cpu"):
-        self.config: ExperimentConfig = from_dict(ExperimentConfig, state["config"])
-        self.classes: list[str] = list(state["classes"])
-        cfg = self.config
-        self.backbone = build_backbone(cfg.backbone.name, None, **cfg.backbone.options)
-        self.backbone.load_state_dict(state["backbone_state"])
-        self.backbone.freeze().eval().to(device)
-        spec = parse_noc(cfg.noc.spec).resolve(len(self.classes))
-        stage_factory = self.backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
-        self.head = NoCHead(spec, self.backbone.out_channels, self.backbone.roi_size, len(self.classes),
-                            stage_factory=stage_factory)
-        self.head.load_state_dict(state["head"])
-        self.head.eval().to(device)
-        self.svms = LinearSVMs.from_state_dict(state["svms"]) if state.get("svms") else None
-        self.regressor = BoxRegressor.from_state_dict(state["bbox"]) if state.get("bbox") else None
+    ``load`` rebuilds the one a run saved in ``model.pt``; ``build_detector`` makes an untrained
+    one from a config.
+    """
+
+    def __init__(self, config: ExperimentConfig, classes: Sequence[str], backbone: Backbone, head: NoCHead,
+                 svms: LinearSVMs | None = None, regressor: BoxRegressor | None = None, device: str = "cpu"):
+        if config.test.score == "svm" and svms is None:
+            raise ConfigError("test.score is 'svm' but the detector has no SVMs; score with softmax")
+        if head.num_outputs != len(classes) + 1:
+            raise ConfigError(f"the NoC has {head.num_outputs} outputs but there are {len(classes)} classes "
+                              "+ background")
+        self.config = config
+        self.classes: list[str] = list(classes)
+        self.backbone = backbone.freeze().eval().to(device)
+        self.head = head.eval().to(device)
+        self.svms = svms
+        self.regressor = regressor
         self.device = device
-        self.settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
-                                           pool_mode=cfg.pyramid.pool, include_gt=False, flip=False,
-                                           target_area=cfg.pyramid.target_area)
+        self.settings = ExtractionSettings(scales=list(config.pyramid.scales), max_size=config.pyramid.max_size,
+                                           pool_mode=config.pyramid.pool, include_gt=False, flip=False,
+                                           target_area=config.pyramid.target_area)
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "cpu") -> FrozenNoCDetector:
+        """The detector of a ``model.pt`` state (see ``run_frozen_experiment``)."""
+        cfg = from_dict(ExperimentConfig, state["config"])
+        classes = list(state["classes"])
+        backbone = build_backbone(cfg.backbone.name, None, **cfg.backbone.options)
+        backbone.load_state_dict(state["backbone_state"])
+        head = _new_head(cfg, backbone, len(classes))
+        head.load_state_dict(state["head"])
+        svms = LinearSVMs.from_state_dict(state["svms"]) if state.get("svms") else None
+        regressor = BoxRegressor.from_state_dict(state["bbox"]) if state.get("bbox") else None
+        return cls(cfg, classes, backbone, head, svms, regressor, device)
+
+    def proposals(self, image: ImageLike) -> np.ndarray:
+        """Selective Search boxes ``[R, 4]`` of one image with the config's settings."""
+        p = self.config.proposals
+        return selective_search(as_rgb_array(image), min_size=p.min_size, max_boxes=p.max_boxes,
+                                max_side=p.max_side, ks=p.ks, sigma=p.sigma, color_spaces=p.color_spaces)
 
     @torch.inference_mode()
-    def detect(self, image: ImageLike, image_id: str = "image") -> Detections:
-        """Detections of one image (internal format, labels ``1..K``)."""
+    def score_regions(self, image: ImageLike, boxes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class scores ``[R, K]`` (softmax without background, or SVM scores) of the regions
+        ``boxes [R, 4]`` of one image, and their boxes: ``[R, K, 4]`` refined per class by the
+        box regressor, or ``[R, 4]`` as given without one."""
         array = as_rgb_array(image)
-        height, width = array.shape[:2]
-        p = self.config.proposals
-        boxes = selective_search(array, min_size=p.min_size, max_boxes=p.max_boxes, max_side=p.max_side,
-                                 ks=p.ks, sigma=p.sigma, color_spaces=p.color_spaces)
-        if len(boxes) == 0:
-            return Detections(image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+        region_boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
         x = self.backbone.normalize(x).to(self.device)
-        rois = torch.from_numpy(boxes).to(self.device)
-        pooled, _, best = pool_regions(self.backbone, x, rois, self.settings, self.backbone.roi_size)
+        pooled, _, best = pool_regions(self.backbone, x, region_boxes.to(self.device), self.settings,
+                                       self.backbone.roi_size)
         single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
         out = self.head([pooled[:, 0], pooled[:, -1]] if self.head.spec.has_maxout else single)
         scores = (self.svms.score(out.features.cpu()) if self.config.test.score == "svm"
                   else torch.softmax(out.logits, 1)[:, 1:].cpu())
-        region_boxes = torch.from_numpy(boxes)
         if self.regressor is not None:
             region_boxes = self.regressor.predict_all(single.cpu().flatten(1), region_boxes)
+        return scores, region_boxes
+
+    def detect(self, image: ImageLike, image_id: str = "image") -> Detections:
+        """Detections of one image (internal format, labels ``1..K``)."""
+        array = as_rgb_array(image)
+        height, width = array.shape[:2]
+        boxes = self.proposals(array)
+        if len(boxes) == 0:
+            return Detections(image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+        scores, region_boxes = self.score_regions(array, boxes)
         return detect_from_scores(image_id, region_boxes, scores, width, height, self.config.test)
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[Prediction]:
@@ -124,4 +153,55 @@ def load(checkpoint: str | Path, device: str = "cpu") -> FrozenNoCDetector:
     state = load_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("format") != "nocdet-frozen-detector":
         raise NocdetError(f"{checkpoint} is not a detector saved by nocdet train (model.pt)")
-    return FrozenNoCDetector(state, device)
+    return FrozenNoCDetector.from_state(state, device)
+
+
+def _new_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:
+    """The (uninitialised) NoC of ``cfg.noc.spec`` on the backbone's pooled features."""
+    spec = parse_noc(cfg.noc.spec).resolve(num_classes)
+    stage_factory = backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
+    return NoCHead(spec, backbone.out_channels, backbone.roi_size, num_classes, stage_factory=stage_factory)
+
+
+def _experiment(config: ExperimentConfig | str | Path | Mapping) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        return config.check()
+    if isinstance(config, (str, Path)):
+        return load_experiment(config)
+    if isinstance(config, Mapping):
+        return from_dict(ExperimentConfig, config).check()
+    raise ConfigError(f"a config is an ExperimentConfig, a YAML path or a dict, got {type(config).__name__}")
+
+
+def build_detector(config: ExperimentConfig | str | Path | Mapping, classes: Sequence[str] | None = None, *,
+                   allow_random: bool = False, device: str | None = None) -> FrozenNoCDetector:
+    """An untrained detector of ``config``: its backbone with the pre-trained ``backbone.weights``
+    and a freshly initialised NoC (``noc.init``, ``noc.spec``) for ``classes``.
+
+    ``classes`` default to those of the config's first training split (read from its
+    annotations, as training does). A config without pre-trained weights (``random``) is an
+    error unless ``allow_random``: a detector on random features detects nothing. It has no SVMs
+    and no box regressor yet, so a config that scores with SVMs scores with softmax (threshold
+    0.05) and says so in a warning. Same ``detect``/``predict`` API as a loaded model.
+    """
+    from nocdet.features.weights import is_imagenet, is_random
+    from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head
+
+    cfg = _experiment(config)
+    weights = cfg.backbone.weights
+    if is_random(weights) and not allow_random:
+        raise ConfigError("backbone.weights is 'random' (not set): give the pre-trained weights' path "
+                          "(nocdet pretrain) or pass allow_random=True")
+    if not is_random(weights) and not is_imagenet(weights) and not Path(weights).is_file():
+        raise ConfigError(f"backbone.weights file {weights} does not exist (nocdet pretrain writes one)")
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    if classes is None:
+        classes = load_split(cfg.data, cfg.data.train[0], cfg.data.classes).classes
+    if cfg.test.score == "svm":
+        warnings.warn("the config scores with SVMs, which are fitted after training: this untrained "
+                      "detector scores with softmax")
+        cfg = replace(cfg, test=replace(cfg.test, score="softmax", score_threshold=PostprocessConfig.score_threshold))
+    backbone = build_frozen_backbone(cfg)
+    head = build_head(cfg, backbone, len(classes))
+    return FrozenNoCDetector(cfg, classes, backbone, head, device=cfg.device)

@@ -1,18 +1,29 @@
-"""``nocdet evaluate``: score detection results with the PASCAL VOC devkit metric or COCO's.
+"""``nocdet evaluate``: score detections with the PASCAL VOC devkit metric or COCO's.
 
-VOC: ``--metric voc07|voc --voc-root ROOT --split test --results DIR`` where DIR holds the
-devkit result files ``comp4_det_<split>_<class>.txt``. COCO: ``--metric coco --gt
+Result files: VOC ``--metric voc07|voc --voc-root ROOT --split test --results DIR`` where DIR
+holds the devkit result files ``comp4_det_<split>_<class>.txt``; COCO ``--metric coco --gt
 instances.json --results results.json``. Prints a table; ``--out`` writes the numbers as JSON
 (fractions in [0, 1]; null where undefined).
+
+A trained model: ``--checkpoint model.pt`` with ``--voc-root ROOT --split test`` or ``--gt
+instances.json --images DIR`` runs the detector over the split (Selective Search, features,
+NoC, NMS: ``detector.detect``) and evaluates it, ``--metric all`` (default: voc07, voc and
+coco) or one; ``--out DIR`` receives ``metrics.json`` and ``results/`` (the devkit files and
+``coco_results.json``), as a training run writes them.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nocdet.errors import ConfigError
 from nocdet.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from nocdet.data.sample import DetectionDataset
 
 NAME = "evaluate"
 HELP = "score detections: PASCAL VOC (devkit-exact, voc07 11-point or voc area AP) or COCO (pycocotools)"
@@ -21,11 +32,19 @@ _VOC_ONLY = ("voc_root", "classes", "year")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metric", required=True, choices=["voc07", "voc", "coco"],
-                        help="voc07: VOC2007 11-point AP; voc: VOC2010+ area AP; coco: COCO AP@[.5:.95]")
-    parser.add_argument("--results", required=True, metavar="PATH",
+    parser.add_argument("--metric", choices=["voc07", "voc", "coco", "all"],
+                        help="voc07: VOC2007 11-point AP; voc: VOC2010+ area AP; coco: COCO AP@[.5:.95]; "
+                             "all: the three (--checkpoint only, its default)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", metavar="PATH",
                         help="VOC: folder of comp4_det_<split>_<class>.txt files; COCO: results JSON")
-    parser.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file")
+    source.add_argument("--checkpoint", type=Path, metavar="MODEL",
+                        help="model.pt of a nocdet train run: detect on the split, then evaluate")
+    parser.add_argument("--out", metavar="PATH",
+                        help="with --results: write the metrics to this JSON file; with --checkpoint: "
+                             "a folder for metrics.json and results/")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="with --checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="with --checkpoint: no progress bar")
     voc = parser.add_argument_group("PASCAL VOC")
     voc.add_argument("--voc-root", metavar="ROOT",
                      help="VOC folder (Annotations/, ImageSets/Main/, JPEGImages/), VOC<year> or VOCdevkit")
@@ -38,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="match at IoU > 0.5 as py-faster-rcnn, instead of the devkit's >= 0.5")
     coco = parser.add_argument_group("COCO")
     coco.add_argument("--gt", metavar="JSON", help="COCO instances JSON (ground truth)")
+    coco.add_argument("--images", metavar="DIR", help="with --checkpoint: the folder of the --gt images")
 
 
 def _classes(text: str | None) -> list[str] | None:
@@ -81,16 +101,79 @@ def _run_coco(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _checkpoint_data(args: argparse.Namespace, classes: list[str]) -> tuple[DetectionDataset, str]:
+    """The split a model is run on, with the model's classes; and its name for the result files."""
+    from nocdet.data.coco import read_coco
+    from nocdet.data.voc import read_voc
+
+    if args.voc_root is not None and args.gt is not None:
+        raise ConfigError("give --voc-root (VOC data) or --gt with --images (COCO data), not both")
+    if args.gt is not None:
+        if args.images is None:
+            raise ConfigError("--gt with --checkpoint needs --images, the folder of its images")
+        dataset = read_coco(args.gt, args.images)
+        if dataset.classes != classes:
+            raise ConfigError(f"the model's classes {classes} are not the categories of {args.gt}: "
+                              f"{dataset.classes}")
+        return dataset, Path(args.gt).stem
+    if args.voc_root is None:
+        raise ConfigError("--checkpoint needs the data: --voc-root ROOT [--split SPLIT] or --gt JSON --images DIR")
+    if args.classes is not None:
+        raise ConfigError("--classes does not apply to --checkpoint: the model's classes are evaluated")
+    return read_voc(args.voc_root, args.split, classes, year=args.year), args.split
+
+
+def _run_checkpoint(args: argparse.Namespace) -> dict:
+    """Detect with a trained model over a split, print and return its metrics, write its results."""
+    from tqdm import tqdm
+
+    from nocdet.detector import load
+    from nocdet.evaluation.coco import evaluate_coco, format_coco_table
+    from nocdet.evaluation.voc import evaluate_voc
+    from nocdet.training.frozen_pipeline import write_results
+
+    detector = load(args.checkpoint, args.device)
+    dataset, split = _checkpoint_data(args, detector.classes)
+    detections = [detector.detect(sample.path, sample.image_id)
+                  for sample in tqdm(dataset.samples, desc=f"detect ({split})", unit="img",
+                                     disable=args.no_progress)]
+    metric = args.metric or "all"
+    metrics = {}
+    voc_metrics = {"all": ("voc07", "voc"), "voc07": ("voc07",), "voc": ("voc",), "coco": ()}[metric]
+    for name in voc_metrics:
+        result = evaluate_voc(dataset, detections, metric=name, strict_threshold=args.strict_threshold)
+        print(f"== {name} ==\n{result.format_table()}\n")
+        metrics[name] = result.to_json()
+    if metric in ("coco", "all"):
+        metrics["coco"] = evaluate_coco(dataset, detections, verbose=getattr(args, "verbose", False))
+        print(f"== coco ==\n{format_coco_table(metrics['coco'])}\n")
+    if args.out:
+        out = Path(args.out)
+        write_results(out, dataset, split, detections)
+        atomic_write_json(out / "metrics.json", metrics)
+        print(f"metrics and result files written to {out}")
+    return metrics
+
+
+def _run_results(args: argparse.Namespace) -> dict:
+    if args.metric is None or args.metric == "all":
+        raise ConfigError("--results needs --metric voc07, voc or coco (all is for --checkpoint)")
+    if args.images is not None:
+        raise ConfigError("--images is for --checkpoint; with --results COCO needs --gt only")
+    metrics = _run_coco(args) if args.metric == "coco" else _run_voc(args)
+    if args.out:
+        atomic_write_json(args.out, metrics)
+        print(f"metrics written to {args.out}")
+    return metrics
+
+
 def run(args: argparse.Namespace) -> int:
     # Readers report repairs and missing result files as warnings: show them as one line each.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            metrics = _run_coco(args) if args.metric == "coco" else _run_voc(args)
+            _run_checkpoint(args) if args.checkpoint is not None else _run_results(args)
         finally:
             for w in caught:
                 print(f"nocdet evaluate: warning: {w.message}", file=sys.stderr)
-    if args.out:
-        atomic_write_json(args.out, metrics)
-        print(f"metrics written to {args.out}")
     return 0
