@@ -1,0 +1,567 @@
+"""Speed and memory of the frozen-feature detector (paper Sec. 3) on generated scene-digits data.
+
+Measures, in one run on this machine:
+
+1. test time per image on the CPU, split into the stages of ``FrozenNoCDetector.detect``
+   (Selective Search proposals, pyramid features, scale selection + RoI pooling, NoC forward
+   with scoring and box regression, post-processing), for the demo config
+   (``configs/demo.yaml``: maxout NoC, 3 scales, 300 HSV boxes) and the base config's 3fc NoC
+   (``configs/scene_digits/base.yaml``: 4 scales, 500 HSV+Lab boxes), interleaved image by image;
+2. one NoC training epoch on the RoI feature cache against one epoch that recomputes the
+   features (image load, pyramid backbone, pooling) of the same sampled RoIs, same NoC; target:
+   the cache is >= 10x faster. The one-off Selective Search and cache build are timed too;
+3. peak memory of the cache build and of one training epoch, each in its own process, at N/2
+   and N training images: the process's own (anonymous) memory must not grow with the data.
+
+The networks are randomly initialised small-zf backbones and NoCs (``--weights PATH`` loads
+backbone weights): weights do not change the cost of a forward. Random scores pass the score
+threshold for every box, so the post-processing time is an upper bound (NMS sees R x K boxes).
+Run ``python benchmarks/bench_frozen.py [--quick] [--images N] [--train-images N]``; entry point
+for other scripts: :func:`main`. See benchmarks/README.md for the output.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nocdet.data.images import load_image
+from nocdet.data.sample import DetectionDataset, Detections
+from nocdet.experiment import ExperimentConfig, load_experiment, load_split
+from nocdet.features.backbones import Backbone
+from nocdet.features.pyramid import pool_pyramid_pair, pyramid_scale_factors, resize_to_scales, \
+    select_adjacent_pair, select_scale
+from nocdet.features.roi_cache import CacheShard, ExtractionSettings, RoIFeatureCache, image_tensor, \
+    open_cache, pool_regions
+from nocdet.noc.head import NoCHead
+from nocdet.postprocess import detect_from_scores
+from nocdet.proposals.selective_search import selective_search
+from nocdet.training.bbox_regression import BoxRegressor
+from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head, extract, pathways, proposals_for
+from nocdet.training.roi_sampler import RoISampler, SamplingConfig, gather_inputs
+from nocdet.training.svm import LinearSVMs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_noc import cpu_model, verdict  # noqa: E402  (the sibling benchmark's helpers)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"demo": ROOT / "configs" / "demo.yaml", "base": ROOT / "configs" / "scene_digits" / "base.yaml"}
+STAGES = ("proposals", "pyramid features", "pooling", "NoC forward", "post-processing")
+SPEEDUP_TARGET = 10.0  # cached epoch vs recomputing epoch
+MEMORY_GROWTH_TARGET = 1.10  # peak own memory at 2x the images / at 1x
+
+
+# ------------------------------------------------------------------------------ set-up
+
+def experiment_config(name: str, data_root: Path, cache_dir: Path, weights: str | None) -> ExperimentConfig:
+    """Config ``name`` ("demo" or "base") pointed at the generated data and a scratch cache."""
+    return load_experiment(CONFIGS[name], [f"data.root={data_root}", f"cache_dir={cache_dir}",
+                                           f"backbone.weights={json.dumps(weights)}"])
+
+
+def frozen_backbone(cfg: ExperimentConfig) -> Backbone:
+    """The config's frozen backbone, seeded so that every process builds the same random weights."""
+    torch.manual_seed(cfg.seed)
+    return build_frozen_backbone(cfg)
+
+
+def train_split(cfg: ExperimentConfig, images: int) -> DetectionDataset:
+    """The first ``images`` images of the train split."""
+    dataset = load_split(cfg.data, cfg.data.train[0])
+    if len(dataset) < images:
+        raise ValueError(f"the train split has {len(dataset)} images, {images} asked for")
+    return DetectionDataset(dataset.classes, dataset.samples[:images], f"{dataset.name}-{images}",
+                            dataset.similarity_groups)
+
+
+# ------------------------------------------------------------------------------ 1. test time
+
+def pyramid_features(backbone: Backbone, image: Tensor,
+                     settings: ExtractionSettings) -> tuple[list[Tensor], list[float]]:
+    """First half of ``pool_regions``: the conv maps of the image at each scale, smallest first."""
+    height, width = image.shape[1:]
+    factors = sorted(pyramid_scale_factors(width, height, settings.scales, settings.max_size))
+    return [backbone(level[None]) for level in resize_to_scales(image, factors)], factors
+
+
+def pool_at_scales(feats: list[Tensor], factors: list[float], boxes: Tensor, settings: ExtractionSettings,
+                   roi_size: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Second half of ``pool_regions``: scale selection and pooling, ``(pooled, levels, best)``."""
+    best = select_scale(boxes, factors, settings.target_area)
+    if len(factors) == 1:
+        pooled = pool_pyramid_pair(feats, [boxes], [torch.zeros(len(boxes), 2, dtype=torch.int64)], [factors],
+                                   1.0 / stride, roi_size, settings.pool_mode)[0][:, None]
+        return pooled, torch.zeros(len(boxes), 1, dtype=torch.int64), torch.zeros(len(boxes), dtype=torch.int64)
+    pairs = select_adjacent_pair(boxes, factors, settings.target_area)
+    a, b = pool_pyramid_pair(feats, [boxes], [pairs], [factors], 1.0 / stride, roi_size, settings.pool_mode)
+    return torch.stack([a, b], dim=1), pairs, (pairs[:, 1] == best).long()
+
+
+class StagedDetector:
+    """``FrozenNoCDetector.detect`` of a config, with random weights, its calls timed by stage.
+
+    Same calls in the same order as ``detect``; only ``pool_regions`` is split in two
+    (:func:`pyramid_features`, :func:`pool_at_scales`; :meth:`check_split` verifies the split
+    gives ``pool_regions``' result). SVMs and the box regressor are random stand-ins of the
+    trained ones' shapes, present when the config enables them.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, num_classes: int):
+        self.config = cfg
+        self.backbone = frozen_backbone(cfg)
+        self.head = build_head(cfg, self.backbone, num_classes).eval()
+        self.settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
+                                           pool_mode=cfg.pyramid.pool, include_gt=False, flip=False,
+                                           target_area=cfg.pyramid.target_area)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.svms = LinearSVMs(torch.randn(num_classes, self.head.feature_dim, generator=generator) * 0.01,
+                               torch.zeros(num_classes), 1.0) if cfg.test.score == "svm" else None
+        pooled_dim = self.backbone.out_channels * self.backbone.roi_size ** 2
+        self.regressor = BoxRegressor(torch.randn(num_classes, pooled_dim, 4, generator=generator) * 1e-3,
+                                      torch.zeros(num_classes, 4), torch.zeros(num_classes, 4),
+                                      torch.eye(4).repeat(num_classes, 1, 1), 1.0) if cfg.bbox.enabled else None
+
+    def proposals(self, array: np.ndarray) -> np.ndarray:
+        p = self.config.proposals
+        return selective_search(array, min_size=p.min_size, max_boxes=p.max_boxes, max_side=p.max_side,
+                                ks=p.ks, sigma=p.sigma, color_spaces=p.color_spaces)
+
+    def input_tensor(self, array: np.ndarray) -> Tensor:
+        x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
+        return self.backbone.normalize(x)
+
+    @torch.inference_mode()
+    def check_split(self, array: np.ndarray, boxes: np.ndarray) -> None:
+        """Raise if the two timed halves do not reproduce ``pool_regions`` exactly."""
+        x, rois = self.input_tensor(array), torch.from_numpy(boxes)
+        whole = pool_regions(self.backbone, x, rois, self.settings, self.backbone.roi_size)
+        feats, factors = pyramid_features(self.backbone, x, self.settings)
+        split = pool_at_scales(feats, factors, rois, self.settings, self.backbone.roi_size, self.backbone.stride)
+        if not all(torch.equal(a, b) for a, b in zip(whole, split)):
+            raise RuntimeError("pyramid_features + pool_at_scales no longer reproduce roi_cache.pool_regions; "
+                               "update this benchmark to the detector's current computation")
+
+    @torch.inference_mode()
+    def detect(self, array: np.ndarray, image_id: str = "image") -> tuple[Detections, dict[str, float]]:
+        """Detections of one ``H x W x 3`` image and the seconds spent in each of :data:`STAGES`."""
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[stage] = now - clock
+            clock = now
+
+        height, width = array.shape[:2]
+        boxes = self.proposals(array)
+        lap("proposals")
+        if len(boxes) == 0:
+            return Detections(image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0)), {s: 0.0 for s in STAGES}
+        x = self.input_tensor(array)
+        feats, factors = pyramid_features(self.backbone, x, self.settings)
+        lap("pyramid features")
+        rois = torch.from_numpy(boxes)
+        pooled, _, best = pool_at_scales(feats, factors, rois, self.settings, self.backbone.roi_size,
+                                         self.backbone.stride)
+        lap("pooling")
+        single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
+        out = self.head([pooled[:, 0], pooled[:, -1]] if self.head.spec.has_maxout else single)
+        scores = (self.svms.score(out.features) if self.svms is not None
+                  else torch.softmax(out.logits, 1)[:, 1:])
+        region_boxes = torch.from_numpy(boxes)
+        if self.regressor is not None:
+            region_boxes = self.regressor.predict_all(single.flatten(1), region_boxes)
+        lap("NoC forward")
+        detections = detect_from_scores(image_id, region_boxes, scores, width, height, self.config.test)
+        lap("post-processing")
+        return detections, seconds
+
+
+def describe(cfg: ExperimentConfig, head: NoCHead) -> str:
+    p = cfg.proposals
+    extras = [f"{cfg.test.score} scores"] + (["+bb"] if cfg.bbox.enabled else [])
+    return (f"NoC {cfg.noc.spec}, scales {list(cfg.pyramid.scales)}, {p.max_boxes} SS boxes "
+            f"({'+'.join(c.upper() for c in p.color_spaces)}, k {[int(k) for k in p.ks]}), {', '.join(extras)}, "
+            f"{sum(q.numel() for q in head.parameters()) / 1e6:.2f} M NoC parameters")
+
+
+def time_detection(detectors: dict[str, StagedDetector], warmup: np.ndarray,
+                   arrays: list[np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """Per config and stage, the seconds of each image; configs interleaved image by image."""
+    for detector in detectors.values():  # warm-up (untimed) and the check that the split is exact
+        detector.detect(warmup)
+        detector.check_split(warmup, detector.proposals(warmup))
+    times = {name: {stage: [] for stage in STAGES} for name in detectors}
+    for i, array in enumerate(arrays):
+        names = list(detectors) if i % 2 == 0 else list(detectors)[::-1]
+        for name in names:
+            _, seconds = detectors[name].detect(array, str(i))
+            for stage in STAGES:
+                times[name][stage].append(seconds[stage])
+    return times
+
+
+def print_stage_table(times: dict[str, list[float]]) -> float:
+    """One row per stage (median, mean, share of the mean total); returns the median total."""
+    totals = [sum(parts) for parts in zip(*times.values())]
+    mean_total = statistics.mean(totals)
+    print(f"  {'stage':<18}{'median ms':>11}{'mean ms':>10}{'of total':>10}")
+    for stage, values in times.items():
+        print(f"  {stage:<18}{statistics.median(values) * 1e3:>11.1f}{statistics.mean(values) * 1e3:>10.1f}"
+              f"{statistics.mean(values) / mean_total:>10.1%}")
+    print(f"  {'total':<18}{statistics.median(totals) * 1e3:>11.1f}{mean_total * 1e3:>10.1f}{1:>10.0%}")
+    return statistics.median(totals)
+
+
+# ------------------------------------------------------------------------------ 2. training epochs
+
+@dataclass
+class PlannedImage:
+    """One image's share of a mini-batch: regions ``chosen`` (shard rows) and their labels."""
+
+    shard: CacheShard
+    index: int
+    chosen: np.ndarray
+    labels: np.ndarray
+
+
+InputSource = Callable[[list[PlannedImage], np.random.Generator], list[Tensor]]
+
+
+def plan_epoch(cache: RoIFeatureCache, sampling: SamplingConfig, seed: int) -> list[list[PlannedImage]]:
+    """The mini-batches of one epoch: every image once, in the sampler's seeded order, its RoIs
+    drawn by ``RoISampler.sample_image``; images without RoIs in the IoU bands are skipped."""
+    sampler = RoISampler(cache, sampling, seed, "best")
+    picked = []
+    for position in sampler.order:
+        shard, index = sampler.images[position]
+        chosen, labels = sampler.sample_image(shard, index)
+        if len(chosen):
+            picked.append(PlannedImage(shard, index, chosen, labels))
+    size = sampling.images_per_batch
+    return [picked[i:i + size] for i in range(0, len(picked), size)]
+
+
+def select_pathways(pooled: Tensor, best: Tensor, mode: str, rng: np.random.Generator) -> list[Tensor]:
+    """``gather_inputs``' choice of pathways, on freshly pooled ``[R, P, C, m, m]`` features."""
+    if mode == "pair":
+        return [pooled[:, 0], pooled[:, -1]]
+    if pooled.shape[1] == 1:
+        return [pooled[:, 0]]
+    slot = best if mode == "best" else torch.from_numpy(rng.integers(0, 2, len(best)))
+    return [pooled[torch.arange(len(best)), slot]]
+
+
+def cached_inputs(batch: list[PlannedImage], mode: str, rng: np.random.Generator) -> list[Tensor]:
+    """A batch's NoC inputs read from the cache, as ``RoISampler.next`` reads them."""
+    parts = [gather_inputs(item.shard, item.chosen, mode, rng) for item in batch]
+    return [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def recomputed_inputs(batch: list[PlannedImage], mode: str, rng: np.random.Generator, backbone: Backbone,
+                      paths: dict[str, Path], settings: ExtractionSettings) -> list[Tensor]:
+    """The same inputs computed as training without a cache must: load, pyramid, pool."""
+    parts = []
+    for item in batch:
+        shard = item.shard
+        x = image_tensor(paths[shard.image_ids[item.index]], backbone.mean, backbone.std, shard.flipped[item.index])
+        pooled, _, best = pool_regions(backbone, x, torch.from_numpy(shard.boxes[item.chosen]), settings,
+                                       backbone.roi_size)
+        parts.append([t.clone() for t in select_pathways(pooled, best, mode, rng)])  # inference -> autograd
+    return [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def train_epochs(head: NoCHead, cfg: ExperimentConfig, plan: list[list[PlannedImage]],
+                 sources: dict[str, InputSource]) -> dict[str, tuple[float, float]]:
+    """One epoch of ``train_noc``'s SGD step per input source, each on its own copy of ``head``,
+    interleaved batch by batch (so that load from other processes hits every source alike).
+
+    Returns per source the epoch's seconds and the part of them spent getting the inputs.
+    """
+    s = cfg.solver
+    runs = {}
+    for name in sources:
+        trial = copy.deepcopy(head).train()
+        optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=s.lr,
+                                    momentum=s.momentum, weight_decay=s.weight_decay)
+        runs[name] = (trial, optimizer, np.random.default_rng(cfg.seed))  # same slot draws ("random" pathways)
+    seconds = {name: [0.0, 0.0] for name in sources}
+    for i, batch in enumerate(plan):
+        labels = torch.from_numpy(np.concatenate([item.labels for item in batch]))
+        for name in (list(sources) if i % 2 == 0 else list(sources)[::-1]):
+            trial, optimizer, rng = runs[name]
+            start = time.perf_counter()
+            inputs = sources[name](batch, rng)
+            got = time.perf_counter()
+            loss = F.cross_entropy(trial(inputs if len(inputs) == 2 else inputs[0]).logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seconds[name][0] += time.perf_counter() - start
+            seconds[name][1] += got - start
+    return {name: (total, inputs) for name, (total, inputs) in seconds.items()}
+
+
+def epoch_sources(cfg: ExperimentConfig, head: NoCHead, backbone: Backbone, dataset: DetectionDataset
+                  ) -> dict[str, InputSource]:
+    """The two ways to get a batch's inputs: "cache" and "recompute"."""
+    mode = pathways(head, cfg.noc.train_scale, True)
+    settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
+                                  pool_mode=cfg.pyramid.pool, target_area=cfg.pyramid.target_area)
+    paths = {s.image_id: s.path for s in dataset.samples}
+    return {"cache": lambda batch, rng: cached_inputs(batch, mode, rng),
+            "recompute": lambda batch, rng: recomputed_inputs(batch, mode, rng, backbone, paths, settings)}
+
+
+# ------------------------------------------------------------------------------ 3. memory (child processes)
+
+def memory_status() -> dict[str, float]:
+    """This process's VmHWM (peak RSS), RssAnon and RssFile from /proc/self/status, in MB."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+class AnonPeak:
+    """Peak anonymous memory (the process's own, not mapped file pages), sampled every 5 ms."""
+
+    def __init__(self):
+        self.peak = memory_status()["RssAnon"]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, memory_status()["RssAnon"])
+
+    def __enter__(self) -> AnonPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, memory_status()["RssAnon"])
+
+
+def child(task: str, spec: dict) -> dict:
+    """Run in a fresh process: ``extract`` builds the cache of the first ``images`` train images,
+    ``train`` runs one cached epoch on it; returns timings and memory in MB."""
+    torch.set_num_threads(spec["threads"])
+    cfg = experiment_config(spec["config"], Path(spec["data"]), Path(spec["cache"]), spec["weights"])
+    dataset = train_split(cfg, spec["images"])
+    backbone = frozen_backbone(cfg)
+    result: dict = {"images": len(dataset)}
+    if task == "extract":
+        proposals_for(cfg, dataset, cfg.data.train[0], False)  # from the disk cache the parent filled
+        before = memory_status()
+        with AnonPeak() as anon:
+            start = time.perf_counter()
+            cache = extract(cfg, backbone, dataset, cfg.data.train[0], True, False)
+            result["seconds"] = time.perf_counter() - start
+        result.update(cache=str(cache.path), regions=cache.num_regions, cache_mb=cache.size_bytes() / 2 ** 20)
+    else:
+        cache = open_cache(spec["cache_folder"])
+        head = build_head(cfg, backbone, dataset.num_classes)
+        plan = plan_epoch(cache, cfg.sampling, cfg.seed)
+        sources = {"cache": epoch_sources(cfg, head, backbone, dataset)["cache"]}
+        before = memory_status()
+        with AnonPeak() as anon:
+            result["seconds"] = train_epochs(head, cfg, plan, sources)["cache"][0]
+        result.update(regions=cache.num_regions, cache_mb=cache.size_bytes() / 2 ** 20)
+    end = memory_status()
+    result.update(baseline_mb=before["RssAnon"], anon_peak_mb=anon.peak, hwm_mb=end["VmHWM"],
+                  file_mb=end["RssFile"])
+    return result
+
+
+def run_child(task: str, spec: dict) -> dict:
+    """:func:`child` in a new interpreter (its memory is its own); raises if it fails."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, __file__, "--child", task, json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {task!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ main
+
+def header(title: str, args: argparse.Namespace) -> None:
+    print(f"== {title}{' (quick)' if args.quick else ''}: "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average before {os.getloadavg()[0]:.1f}")
+    print(f"weights: {args.weights or 'random small-zf backbone and NoC (the timings do not depend on them)'}")
+
+
+def part_test_time(args: argparse.Namespace, data: Path, scratch: Path, test_ids: list[str]) -> dict[str, float]:
+    print(f"\n--- 1. test time per image (CPU, {len(test_ids) - 1} scene-digits test images, after 1 warm-up)")
+    cfgs = {name: experiment_config(name, data, scratch / "cache", args.weights) for name in CONFIGS}
+    test_set = load_split(cfgs["demo"].data, cfgs["demo"].data.test)
+    by_id = test_set.by_id()
+    warmup, *arrays = [load_image(by_id[i].path) for i in test_ids]
+    detectors = {name: StagedDetector(cfg, test_set.num_classes) for name, cfg in cfgs.items()}
+    times = time_detection(detectors, warmup, arrays)
+    h, w = np.mean([a.shape[:2] for a in arrays], axis=0)
+    medians = {}
+    for name, detector in detectors.items():
+        print(f"\n{name} ({CONFIGS[name].relative_to(ROOT)}): {describe(detector.config, detector.head)}; "
+              f"images {w:.0f}x{h:.0f} on average")
+        medians[name] = print_stage_table(times[name])
+    print("(image decoding excluded; 'pyramid features' includes the tensor conversion, resize and backbone)")
+    return medians
+
+
+def part_training(args: argparse.Namespace, data: Path, scratch: Path, rounds: int) -> dict:
+    cfg = experiment_config(args.train_config, data, scratch / "cache", args.weights)
+    dataset = train_split(cfg, args.train_images)
+    half = max(2, args.train_images // 2)
+    print(f"\n--- 2. one NoC training epoch: RoI feature cache vs recomputed features "
+          f"({args.train_config} config, {len(dataset)} train images)")
+    start = time.perf_counter()
+    proposals_for(cfg, dataset, cfg.data.train[0], False)
+    ss_seconds = time.perf_counter() - start
+    spec = {"config": args.train_config, "data": str(data), "cache": str(scratch / "cache"),
+            "weights": args.weights, "threads": torch.get_num_threads()}
+    extracted = {n: run_child("extract", {**spec, "images": n}) for n in (half, args.train_images)}
+    full = extracted[args.train_images]
+    print(f"one-off: Selective Search {ss_seconds:.1f} s ({cfg.proposals.workers} workers); "
+          f"cache build {full['seconds']:.1f} s ({full['regions']} regions, {full['cache_mb']:.0f} MB on disk)")
+
+    backbone = frozen_backbone(cfg)
+    cache = open_cache(full["cache"])
+    head = build_head(cfg, backbone, dataset.num_classes)
+    plan = plan_epoch(cache, cfg.sampling, cfg.seed)
+    sources = epoch_sources(cfg, head, backbone, dataset)
+    rng = np.random.default_rng(0)
+    cached, fresh = (sources[k](plan[0], copy.deepcopy(rng)) for k in ("cache", "recompute"))
+    gap = max(float((a - b).abs().max()) for a, b in zip(cached, fresh))
+    scale = max(float(a.abs().max()) for a in cached)
+    if gap > 1e-2 * max(scale, 1.0):  # float16 cache against float32 features
+        raise RuntimeError(f"recomputed features differ from the cached ones by {gap:.3g}: not the same RoIs")
+    rois = sum(len(item.chosen) for batch in plan for item in batch)
+    print(f"NoC {cfg.noc.spec} ({pathways(head, cfg.noc.train_scale, True)} pathways); {len(plan)} mini-batches "
+          f"of {cfg.sampling.images_per_batch} images x {cfg.sampling.rois_per_image} RoIs ({rois} RoIs in all); "
+          f"recomputed features match the cache (max |diff| {gap:.2g})")
+
+    train_epochs(head, cfg, plan[:1], sources)  # warm-up: one batch of each
+    seconds: dict[str, list[tuple[float, float]]] = {"cache": [], "recompute": []}
+    for _ in range(rounds):
+        for name, timed in train_epochs(head, cfg, plan, sources).items():
+            seconds[name].append(timed)
+    epoch = {name: statistics.median(t for t, _ in runs) for name, runs in seconds.items()}
+    inputs = {name: statistics.median(i for _, i in runs) for name, runs in seconds.items()}
+    ratio = epoch["recompute"] / epoch["cache"]
+    print(f"  {'epoch':<22}{'median s':>10}{'per batch ms':>14}{'inputs ms':>11}{'SGD step ms':>13}   rounds (s)")
+    for name, label in (("cache", "on the cache"), ("recompute", "recomputing features")):
+        per_batch, per_input = epoch[name] / len(plan) * 1e3, inputs[name] / len(plan) * 1e3
+        print(f"  {label:<22}{epoch[name]:>10.2f}{per_batch:>14.1f}{per_input:>11.1f}{per_batch - per_input:>13.1f}"
+              f"   {', '.join(f'{t:.2f}' for t, _ in seconds[name])}")
+    print(f"  inputs of a batch: {inputs['recompute'] / inputs['cache']:.0f}x faster read from the cache than "
+          "recomputed (image load + pyramid backbone + pooling)")
+    print(f"  speed-up of the cache: {ratio:.1f}x  {verdict(ratio >= SPEEDUP_TARGET)} (>= {SPEEDUP_TARGET:.0f}x)")
+    return {"spec": spec, "extracted": extracted, "ratio": ratio,
+            "input_ratio": inputs["recompute"] / inputs["cache"]}
+
+
+def part_memory(training: dict) -> dict[str, float]:
+    print("\n--- 3. peak memory, each task in its own process (MB)")
+    trained = {n: run_child("train", {**training["spec"], "images": n, "cache_folder": e["cache"]})
+               for n, e in training["extracted"].items()}
+    print(f"  {'task':<10}{'images':>7}{'regions':>9}{'cache':>8}{'seconds':>9}{'start':>8}{'peak own':>10}"
+          f"{'peak RSS':>10}{'file pages':>12}")
+    growth = {}
+    for task, results in (("extract", training["extracted"]), ("train", trained)):
+        for r in results.values():
+            print(f"  {task:<10}{r['images']:>7}{r['regions']:>9}{r['cache_mb']:>8.0f}{r['seconds']:>9.1f}"
+                  f"{r['baseline_mb']:>8.0f}{r['anon_peak_mb']:>10.0f}{r['hwm_mb']:>10.0f}{r['file_mb']:>12.0f}")
+        small, large = results.values()
+        growth[task] = large["anon_peak_mb"] / small["anon_peak_mb"]
+        above = [r["anon_peak_mb"] - r["baseline_mb"] for r in (small, large)]
+        print(f"  {task}: peak own memory x{growth[task]:.2f} (+{above[0]:.0f} / +{above[1]:.0f} MB above the start) "
+              f"while the cache grows x{large['cache_mb'] / small['cache_mb']:.2f}  "
+              f"{verdict(growth[task] <= MEMORY_GROWTH_TARGET)} (<= x{MEMORY_GROWTH_TARGET:.2f})")
+    print("start / peak own: anonymous memory (RssAnon) before the task / its peak, sampled every 5 ms; "
+          "peak RSS: VmHWM, which also counts the memory-mapped cache pages (page cache, reclaimable); "
+          "file pages: RssFile at the end")
+    return growth
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 test images, 16 train images, 1 round")
+    parser.add_argument("--images", type=int, help="test images timed (default 20)")
+    parser.add_argument("--train-images", type=int, help="train images of the epoch (default 80; memory at half too)")
+    parser.add_argument("--train-config", choices=sorted(CONFIGS), default="demo", help="config of parts 2 and 3")
+    parser.add_argument("--rounds", type=int, help="timed epochs of each kind (default 3)")
+    parser.add_argument("--weights", help="backbone weights (a checkpoint path); default: random")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads (default: the CPUs this process may run on)")
+    parser.add_argument("--child", nargs=2, metavar=("TASK", "SPEC"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], json.loads(args.child[1]))))
+        return 0
+    args.images = args.images or (4 if args.quick else 20)
+    args.train_images = args.train_images or (16 if args.quick else 80)
+    rounds = args.rounds or (1 if args.quick else 3)
+    if args.images < 1 or args.train_images < 4 or rounds < 1:
+        parser.error("--images must be >= 1, --train-images >= 4 and --rounds >= 1")
+    if args.weights:
+        args.weights = str(Path(args.weights).resolve())
+
+    torch.set_num_threads(args.threads)
+    header("frozen-feature detector benchmark", args)
+    from nocdet.data.scene_digits import generate_scene_digits
+
+    with tempfile.TemporaryDirectory(prefix="bench-frozen-") as tmp:
+        scratch = Path(tmp)
+        # every 8th train-side image goes to val: enough train-side images for the train split
+        data = generate_scene_digits(scratch / "data", num_train=math.ceil(args.train_images * 8 / 7) + 1,
+                                     num_test=args.images + 1, seed=0, progress=False)
+        test_ids = [s.image_id for s in load_split(experiment_config("demo", data, scratch, None).data, "test").samples]
+        medians = part_test_time(args, data, scratch, test_ids)  # the first one is the warm-up image
+        training = part_training(args, data, scratch, rounds)
+        growth = part_memory(training)
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+    print("\n--- summary")
+    for name, seconds in medians.items():
+        print(f"test time per image, {name} config: {seconds * 1e3:.0f} ms (median, CPU)")
+    ratio = training["ratio"]
+    print(f"NoC epoch on the cache vs recomputing: {ratio:.1f}x faster  "
+          f"{verdict(ratio >= SPEEDUP_TARGET)} (>= {SPEEDUP_TARGET:.0f}x); "
+          f"batch inputs alone {training['input_ratio']:.0f}x faster")
+    for task, g in growth.items():
+        print(f"{task} own memory at 2x the images: x{g:.2f}  {verdict(g <= MEMORY_GROWTH_TARGET)} "
+              f"(<= x{MEMORY_GROWTH_TARGET:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
