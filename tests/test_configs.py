@@ -15,7 +15,7 @@ from nocdet.features.small_nets import small_zf
 from nocdet.noc.spec import parse_noc
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL = sorted(CONFIGS.rglob("*.yaml"))
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if "e2e" not in p.relative_to(CONFIGS).parts)  # e2e: tests/test_e2e_configs.py
 # Files that set a few keys only and are listed after a base in ``_base_`` (configs/README.md).
 FRAGMENTS = {"base/voc0712.yaml", "base/voc07pp12_test12.yaml", "scene_digits/data_0712.yaml",
              "scene_digits/data_07pp12.yaml", "scene_digits/as_vgg16.yaml", "scene_digits/as_vgg19.yaml"}
