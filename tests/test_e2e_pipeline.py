@@ -1,0 +1,73 @@
+"""``nocdet train`` on an end-to-end config: the run folder, the metrics and the saved detector (slow)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nocdet.data.scene_digits import generate_scene_digits
+from nocdet.e2e.config import load_e2e_experiment
+from nocdet.e2e.pipeline import detect_dataset, load_e2e_detector
+from nocdet.evaluation.voc import evaluate_voc_results_dir
+from nocdet.experiment import load_split
+
+pytestmark = pytest.mark.slow
+
+CONFIG = "configs/e2e/scene_digits/table8_conv_noc.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_scene_digits(tmp_path_factory.mktemp("sd") / "data", num_train=16, num_test=4, seed=5,
+                                 progress=False)
+
+
+def overrides(data):
+    return [f"data.root={data}", "model.backbone.weights=null", "model.backbone.options={width: 0.5}",
+            "model.transform.min_size=[160]", "model.transform.max_size=256", "model.sampling.rois_per_image=32",
+            "model.rpn.post_nms_top_n_train=64", "model.rpn.post_nms_top_n_test=32",
+            "solver.iterations=4", "solver.lr_steps=[3]", "solver.warmup_iterations=1",
+            "solver.checkpoint_every=2", "solver.log_every=1", "solver.val_every=2", "solver.val_images=2",
+            "solver.workers=0"]
+
+
+def test_train_command_runs_an_e2e_config_end_to_end(data, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "nocdet", "train", CONFIG, "--output", str(run), "--no-progress"]
+    for item in overrides(data):
+        args += ["--set", item]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "VOC07 mAP" in done.stdout
+    for name in ("config.yaml", "metrics.json", "run.json", "diagnosis.json", "model.pt", "train/log.jsonl",
+                 "results/coco_results.json", "results/comp4_det_test_7.txt"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    # the result files, read back by the devkit-exact evaluator, give the metrics the run reported
+    again = evaluate_voc_results_dir(data, "test", run / "results", metric="voc07")
+    assert again.mAP == pytest.approx(metrics["voc07"]["mAP"], abs=1e-9)
+    log = [json.loads(line) for line in (run / "train/log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "loss_classifier" in r] == [1, 2, 3, 4]
+    assert any("val_loss" in r for r in log)
+
+    # the saved detector is rebuilt without the weights file and detects exactly as the run did
+    model = load_e2e_detector(run / "model.pt")
+    cfg = load_e2e_experiment(CONFIG, overrides(data))
+    test_set = load_split(cfg.data, cfg.data.test, model.classes)
+    detections = detect_dataset(model, test_set, progress=False)
+    written = json.loads((run / "results/coco_results.json").read_text())
+    assert sum(len(d.scores) for d in detections) == len(written)
+    if written:
+        best = max(written, key=lambda r: r["score"])
+        assert max(float(d.scores.max()) for d in detections if len(d.scores)) == pytest.approx(best["score"],
+                                                                                               rel=1e-4)
+
+
+def test_load_e2e_detector_refuses_other_files(tmp_path):
+    from nocdet.errors import NocdetError
+
+    path = tmp_path / "x.pt"
+    torch.save({"format": "something"}, path)
+    with pytest.raises(NocdetError, match="not an end-to-end detector"):
+        load_e2e_detector(path)
