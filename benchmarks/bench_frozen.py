@@ -46,10 +46,8 @@ from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.experiment import ExperimentConfig, load_experiment, load_split
 from nocdet.features.backbones import Backbone
-from nocdet.features.pyramid import pool_pyramid_pair, pyramid_scale_factors, resize_to_scales, \
-    select_adjacent_pair, select_scale
 from nocdet.features.roi_cache import CacheShard, ExtractionSettings, RoIFeatureCache, image_tensor, \
-    open_cache, pool_regions
+    open_cache, pool_at_scales, pool_regions, pyramid_features
 from nocdet.noc.head import NoCHead
 from nocdet.postprocess import detect_from_scores
 from nocdet.proposals.selective_search import selective_search
@@ -93,33 +91,11 @@ def train_split(cfg: ExperimentConfig, images: int) -> DetectionDataset:
 
 # ------------------------------------------------------------------------------ 1. test time
 
-def pyramid_features(backbone: Backbone, image: Tensor,
-                     settings: ExtractionSettings) -> tuple[list[Tensor], list[float]]:
-    """First half of ``pool_regions``: the conv maps of the image at each scale, smallest first."""
-    height, width = image.shape[1:]
-    factors = sorted(pyramid_scale_factors(width, height, settings.scales, settings.max_size))
-    return [backbone(level[None]) for level in resize_to_scales(image, factors)], factors
-
-
-def pool_at_scales(feats: list[Tensor], factors: list[float], boxes: Tensor, settings: ExtractionSettings,
-                   roi_size: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Second half of ``pool_regions``: scale selection and pooling, ``(pooled, levels, best)``."""
-    best = select_scale(boxes, factors, settings.target_area)
-    if len(factors) == 1:
-        pooled = pool_pyramid_pair(feats, [boxes], [torch.zeros(len(boxes), 2, dtype=torch.int64)], [factors],
-                                   1.0 / stride, roi_size, settings.pool_mode)[0][:, None]
-        return pooled, torch.zeros(len(boxes), 1, dtype=torch.int64), torch.zeros(len(boxes), dtype=torch.int64)
-    pairs = select_adjacent_pair(boxes, factors, settings.target_area)
-    a, b = pool_pyramid_pair(feats, [boxes], [pairs], [factors], 1.0 / stride, roi_size, settings.pool_mode)
-    return torch.stack([a, b], dim=1), pairs, (pairs[:, 1] == best).long()
-
-
 class StagedDetector:
     """``FrozenNoCDetector.detect`` of a config, with random weights, its calls timed by stage.
 
-    Same calls in the same order as ``detect``; only ``pool_regions`` is split in two
-    (:func:`pyramid_features`, :func:`pool_at_scales`; :meth:`check_split` verifies the split
-    gives ``pool_regions``' result). SVMs and the box regressor are random stand-ins of the
+    Same calls in the same order as ``detect``, with ``pool_regions`` timed as its two halves
+    (:func:`pyramid_features`, :func:`pool_at_scales`). SVMs and the box regressor are random stand-ins of the
     trained ones' shapes, present when the config enables them.
     """
 
@@ -146,17 +122,6 @@ class StagedDetector:
     def input_tensor(self, array: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
         return self.backbone.normalize(x)
-
-    @torch.inference_mode()
-    def check_split(self, array: np.ndarray, boxes: np.ndarray) -> None:
-        """Raise if the two timed halves do not reproduce ``pool_regions`` exactly."""
-        x, rois = self.input_tensor(array), torch.from_numpy(boxes)
-        whole = pool_regions(self.backbone, x, rois, self.settings, self.backbone.roi_size)
-        feats, factors = pyramid_features(self.backbone, x, self.settings)
-        split = pool_at_scales(feats, factors, rois, self.settings, self.backbone.roi_size, self.backbone.stride)
-        if not all(torch.equal(a, b) for a, b in zip(whole, split)):
-            raise RuntimeError("pyramid_features + pool_at_scales no longer reproduce roi_cache.pool_regions; "
-                               "update this benchmark to the detector's current computation")
 
     @torch.inference_mode()
     def detect(self, array: np.ndarray, image_id: str = "image") -> tuple[Detections, dict[str, float]]:
@@ -206,9 +171,8 @@ def describe(cfg: ExperimentConfig, head: NoCHead) -> str:
 def time_detection(detectors: dict[str, StagedDetector], warmup: np.ndarray,
                    arrays: list[np.ndarray]) -> dict[str, dict[str, list[float]]]:
     """Per config and stage, the seconds of each image; configs interleaved image by image."""
-    for detector in detectors.values():  # warm-up (untimed) and the check that the split is exact
+    for detector in detectors.values():  # warm-up, untimed
         detector.detect(warmup)
-        detector.check_split(warmup, detector.proposals(warmup))
     times = {name: {stage: [] for stage in STAGES} for name in detectors}
     for i, array in enumerate(arrays):
         names = list(detectors) if i % 2 == 0 else list(detectors)[::-1]

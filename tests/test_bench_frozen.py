@@ -11,7 +11,7 @@ from PIL import Image
 
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.features.backbones import build_backbone
-from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cache, pool_regions
+from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cache
 from nocdet.training.roi_sampler import SamplingConfig
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -40,22 +40,6 @@ def proposals_around(gt: np.ndarray, width: int, height: int) -> np.ndarray:
         boxes += [[x1 + 1, y1, x2 + 1, y2], [x1, y1 + 2, x2, y2 + 2],
                   [max(0, x1 - w / 2), max(0, y1 - h / 2), min(width, x2 + w / 2), min(height, y2 + h / 2)]]
     return np.asarray(boxes, np.float32)
-
-
-@pytest.mark.parametrize("scales", [[64], [64, 96, 128]])
-def test_timed_stages_reproduce_pool_regions(bench, backbone, scales):
-    rng = np.random.default_rng(1)
-    image = torch.from_numpy(rng.normal(size=(3, 60, 80)).astype(np.float32))
-    corner = rng.uniform(0, 40, (30, 2))
-    boxes = torch.from_numpy(np.concatenate([corner, corner + rng.uniform(4, 40, (30, 2))], 1).astype(np.float32))
-    settings = ExtractionSettings(scales=scales, include_gt=False, target_area=32 * 32)
-    with torch.inference_mode():
-        whole = pool_regions(backbone, image, boxes, settings, backbone.roi_size)
-        feats, factors = bench.pyramid_features(backbone, image, settings)
-        split = bench.pool_at_scales(feats, factors, boxes, settings, backbone.roi_size, backbone.stride)
-    assert len(feats) == len(scales) and factors == sorted(factors)
-    for a, b in zip(whole, split):
-        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("mode", ["pair", "best", "random"])

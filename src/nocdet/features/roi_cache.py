@@ -190,20 +190,21 @@ def image_tensor(path: Path, mean: Sequence[float], std: Sequence[float], flip: 
 
 
 @torch.inference_mode()
-def pool_regions(backbone: torch.nn.Module, image: Tensor, boxes: Tensor, settings: ExtractionSettings,
-                 roi_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Pyramid features of one image and its regions pooled at their scale pair.
+def pyramid_features(backbone: torch.nn.Module, image: Tensor,
+                     settings: ExtractionSettings) -> tuple[list[Tensor], list[float]]:
+    """The conv maps of one image at each pyramid scale, smallest first, and the scale factors."""
+    height, width = image.shape[1:]
+    factors = sorted(pyramid_scale_factors(width, height, settings.scales, settings.max_size))
+    return [backbone(level[None]) for level in resize_to_scales(image, factors)], factors
+
+
+def pool_at_scales(feats: list[Tensor], factors: list[float], boxes: Tensor, settings: ExtractionSettings,
+                   roi_size: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Scale selection and pooling of ``boxes`` on the maps of :func:`pyramid_features`.
 
     Returns ``(pooled [R, P, C, m, m], levels [R, P], best [R])``; ``best`` is the slot of the
     single best level.
     """
-    height, width = image.shape[1:]
-    factors = pyramid_scale_factors(width, height, settings.scales, settings.max_size)
-    order = np.argsort(factors)
-    factors = [factors[i] for i in order]
-    levels_in = resize_to_scales(image, factors)
-    feats = [backbone(level[None]) for level in levels_in]
-    stride = getattr(backbone, "stride", 16)
     best = select_scale(boxes, factors, settings.target_area)
     if len(factors) == 1:
         pooled = pool_pyramid_pair(feats, [boxes], [torch.zeros(len(boxes), 2, dtype=torch.int64)], [factors],
@@ -211,8 +212,14 @@ def pool_regions(backbone: torch.nn.Module, image: Tensor, boxes: Tensor, settin
         return pooled, torch.zeros(len(boxes), 1, dtype=torch.int64), torch.zeros(len(boxes), dtype=torch.int64)
     pairs = select_adjacent_pair(boxes, factors, settings.target_area)
     a, b = pool_pyramid_pair(feats, [boxes], [pairs], [factors], 1.0 / stride, roi_size, settings.pool_mode)
-    slot = (pairs[:, 1] == best).long()
-    return torch.stack([a, b], dim=1), pairs, slot
+    return torch.stack([a, b], dim=1), pairs, (pairs[:, 1] == best).long()
+
+
+def pool_regions(backbone: torch.nn.Module, image: Tensor, boxes: Tensor, settings: ExtractionSettings,
+                 roi_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pyramid features of one image and its regions pooled at their scale pair (see :func:`pool_at_scales`)."""
+    feats, factors = pyramid_features(backbone, image, settings)
+    return pool_at_scales(feats, factors, boxes, settings, roi_size, getattr(backbone, "stride", 16))
 
 
 def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
