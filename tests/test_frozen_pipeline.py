@@ -89,7 +89,8 @@ pyramid: {{scales: [160, 240], flip: false, target_area: 2304}}
 solver: {{iterations: 6, lr_steps: [4], checkpoint_every: 6, val_every: 6, val_batches: 2, log_every: 3}}
 """)
     specs = ["f32-f32-fn+1", "c16-mo-c16-f32-f32-fn+1"]
-    args = argparse.Namespace(config=cfg, noc=specs, overrides=[], output=tmp_path / "sweep", no_progress=True)
+    args = argparse.Namespace(config=cfg, noc=specs, overrides=[], seed=None, device=None,
+                              output=tmp_path / "sweep", no_progress=True)
     assert sweep.run(args) == 0
     rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == specs

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=int, default=800, help="train-side images to generate")
     parser.add_argument("--test", type=int, default=200, help="test images to generate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the NoC trains and the features are computed (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[1/5] scene-digits found in {data}")
 
     cfg = load_experiment(args.config, [f"data.root={data}", f"cache_dir={out / 'cache'}", f"seed={args.seed}",
-                                        *args.overrides])
+                                        f"device={args.device}", *args.overrides])
     weights = out / "pretrain" / f"{cfg.backbone.name}.pt"
     if not weights.exists():
         print(f"[2/5] pre-training {cfg.backbone.name} on the train split (stands in for ImageNet)")
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"[2/5] pre-trained weights found: {weights}")
     cfg = load_experiment(args.config, [f"data.root={data}", f"cache_dir={out / 'cache'}", f"seed={args.seed}",
-                                        f"backbone.weights={weights}", *args.overrides])
+                                        f"device={args.device}", f"backbone.weights={weights}", *args.overrides])
 
     run_dir = out / "run"
     print(f"[3/5] proposals, RoI features and NoC {cfg.noc.spec} -> {run_dir}")

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value for every design (repeatable)")
     parser.add_argument("--output", type=Path, default=Path("runs/sweep"), help="sweep folder")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -38,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from nocdet.training.frozen_pipeline import run_frozen_experiment
     from nocdet.viz.plots import plot_ap_comparison
 
+    overrides = [*args.overrides, *([f"seed={args.seed}"] if args.seed is not None else []),
+                 *([f"device={args.device}"] if args.device else [])]
     for spec in args.noc:
         parse_noc(spec)  # every string is checked before the first long run
     rows, per_class = [], {}
     for spec in args.noc:
-        cfg = load_experiment(args.config, [*args.overrides, f"noc.spec={spec}"])
+        cfg = load_experiment(args.config, [*overrides, f"noc.spec={spec}"])
         run_dir = args.output / slug(spec)
         print(f"== {spec} -> {run_dir}")
         metrics = run_frozen_experiment(cfg, run_dir, progress=not args.no_progress)
