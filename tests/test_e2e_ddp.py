@@ -55,8 +55,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     script.write_text(SCRIPT.format(tests=str(TESTS), data=str(tmp_path / "data.pt"), init=str(tmp_path / "init.pt"),
                                     run=str(tmp_path / "ddp"), smoke_run=str(tmp_path / "smoke"), solver=SOLVER))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        # Once in a full CI run on the 2-core VM the launch stalled (14-35 s normally; the cause is
+        # not found yet): one more try, and a second stall fails the test as a real deadlock would.
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     outputs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(outputs) == 2  # both ranks finished
