@@ -46,8 +46,7 @@ SOLVER = dict(iterations=3, images_per_batch=4, lr=0.05, lr_steps=[2], flip=True
 
 
 @pytest.mark.skip(reason="flaky on the 2-core CI VM (about 1 run in 4 fails or stalls; cause not found "
-                         "yet, issue 5): run by hand with  pytest tests/test_e2e_ddp.py -p no:cacheprovider "
-                         "--runxfail  after removing this mark")
+                         "yet, issue 5); remove this mark to run it by hand")
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     data = make_dataset(tmp_path / "images")
     torch.save(data, tmp_path / "data.pt")
