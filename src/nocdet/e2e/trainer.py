@@ -45,6 +45,7 @@ processes (as long as ``images_per_batch`` is a multiple of the number of proces
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -92,7 +93,6 @@ class _World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -100,7 +100,12 @@ class _World:
 
 
 def _init_world(device: str) -> tuple[_World, torch.device]:
-    """Join the torchrun process group when launched by torchrun; pick this process's device."""
+    """Join the torchrun process group when launched by torchrun; pick this process's device.
+
+    The group is created once per process and kept for later calls (a second training, an
+    evaluation), then destroyed at exit: destroying and re-creating it would reuse the launcher's
+    store under the same key prefix, where the other process may still read the old group's keys.
+    """
     dev = torch.device(device)
     if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) and not dist.is_initialized():
         return _World(), dev
@@ -108,10 +113,15 @@ def _init_world(device: str) -> tuple[_World, torch.device]:
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return _World(dist.get_rank(), dist.get_world_size(), local_rank, owns), dev
+        atexit.register(_leave_group)
+    return _World(dist.get_rank(), dist.get_world_size(), local_rank), dev
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -266,13 +276,9 @@ def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Pat
     """
     solver.validate()
     world, dev = _init_world(device)
-    try:
-        with contextlib.nullcontext(stop_signals) if stop_signals is not None else StopSignals() as stop:
-            return _train(model, train, Path(run_dir), solver, val, evaluate, resume, dev, seed, progress,
-                          extra_state or {}, stop, world)
-    finally:
-        if world.owns_group:
-            dist.destroy_process_group()
+    with contextlib.nullcontext(stop_signals) if stop_signals is not None else StopSignals() as stop:
+        return _train(model, train, Path(run_dir), solver, val, evaluate, resume, dev, seed, progress,
+                      extra_state or {}, stop, world)
 
 
 def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2ESolverConfig,
