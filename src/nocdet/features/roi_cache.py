@@ -10,10 +10,19 @@ two is the single best level (:func:`nocdet.features.pyramid.select_scale`), so 
 single-scale NoCs (the best level; or a random one of the two while training, our stand-in for
 SPPnet's random scale) and maxout NoCs (both). With one pyramid level only one slot is stored.
 
-Layout of a cache folder ``<root>/<key>/`` (``key`` = hash of everything that determines the
-content: backbone and weights, scales, pooling, proposals, images and annotations)::
+Two stores (``ExtractionSettings.store``): "pooled" keeps those pooled features, N x P x C x m x m
+float16 values per shard (ZF on VOC, 2,000 regions x 2 x 256 x 6 x 6: ~74 MB per image); "maps"
+keeps each image's conv maps at every pyramid level instead (SPPnet's cache; ZF, 5 scales
+480..1200 of a 500 x 375 image: ~9 MB) and pools the requested regions when they are read
+(:mod:`nocdet.features.map_store`, same pooling function: identical features for max pooling).
+Either way ``CacheShard.features`` reads as an ``[N, P, C, m, m]`` float16 array.
 
-    shard-<k>-of-<n>/features.npy    float16 [N, P, C, m, m]   (memory-mapped)
+Layout of a cache folder ``<root>/<key>/`` (``key`` = hash of everything that determines the
+content: backbone and weights, scales, pooling, store, proposals, images and annotations)::
+
+    shard-<k>-of-<n>/features.npy    float16 [N, P, C, m, m]   (memory-mapped; store "pooled")
+                     maps.npy        float16 [M], every image's pyramid maps, flat (store "maps")
+                     maps-index.npz  per image and level: offset, C, H, W, resize factor (store "maps")
                      regions.npz     boxes [N,4], image [N], levels [N,P], best [N], is_gt [N],
                                      overlap [N], label [N], target [N,4]
                      images.json     the shard's image ids, flip flags and region offsets
@@ -25,8 +34,8 @@ two processes extracting the same cache at once never write into the same files 
 to finish keeps the first one's identical shard), a killed extraction leaves only a temporary
 folder (removed by the next extraction once its process is gone), and a full disk is a
 :class:`~nocdet.errors.NocdetError` naming the file, with the temporary folder removed and any
-earlier cache untouched. Features are written image by image, so memory stays bounded whatever
-the cache size.
+earlier cache untouched. Features (or maps) are written image by image, so memory stays bounded
+whatever the cache size.
 
 Regions per image: the ground-truth boxes first when ``include_gt`` (training splits, as in
 Fast R-CNN), then the proposals. ``overlap``/``label``/``target`` are each region's best IoU with
@@ -56,12 +65,13 @@ from tqdm import tqdm
 
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
-from nocdet.errors import DataError, NocdetError
-from nocdet.features.pyramid import pool_pyramid_pair, pyramid_scale_factors, resize_to_scales, \
-    select_adjacent_pair, select_scale
+from nocdet.errors import ConfigError, DataError, NocdetError
+from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, open_maps, pool_slots
+from nocdet.features.pyramid import pyramid_scale_factors, resize_to_scales, select_adjacent_pair, select_scale
 from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
 
 CACHE_FORMAT = 1
+STORES = ("pooled", "maps")
 
 
 @dataclass
@@ -74,13 +84,18 @@ class ExtractionSettings:
     include_gt: bool = True
     flip: bool = False
     target_area: float = 224.0 * 224.0
+    store: str = "pooled"  # "pooled" (region features) or "maps" (pyramid conv maps; module doc)
+
+    def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise ConfigError(f"the RoI feature cache store must be one of {', '.join(STORES)}, got {self.store!r}")
 
 
 @dataclass
 class CacheShard:
     """One shard of a finished cache, memory-mapped read-only."""
 
-    features: np.ndarray
+    features: np.ndarray | MapFeatures  # [N, P, C, m, m] float16
     boxes: np.ndarray
     image: np.ndarray
     levels: np.ndarray
@@ -131,9 +146,12 @@ def region_slice(shard: CacheShard, index: int) -> slice:
 def cache_key(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], backbone_id: str,
               roi_size: int, settings: ExtractionSettings) -> str:
     """A hash of the backbone (name + weights digest), settings, proposals, images and labels."""
+    keyed = asdict(settings)
+    if keyed["store"] == "pooled":
+        del keyed["store"]  # pooled caches keep the keys they had before there was a choice of store
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "backbone": backbone_id, "roi_size": roi_size,
-                         "settings": asdict(settings), "classes": dataset.classes}, sort_keys=True).encode())
+                         "settings": keyed, "classes": dataset.classes}, sort_keys=True).encode())
     for sample in dataset.samples:
         stat = sample.path.stat() if sample.path.exists() else None
         h.update(f"{sample.image_id}|{sample.path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}".encode())
@@ -198,21 +216,26 @@ def pyramid_features(backbone: torch.nn.Module, image: Tensor,
     return [backbone(level[None]) for level in resize_to_scales(image, factors)], factors
 
 
+def select_levels(boxes: Tensor, factors: list[float], settings: ExtractionSettings) -> tuple[Tensor, Tensor]:
+    """The cached levels of ``boxes``: ``(levels [R, P], best [R])``, ``best`` the slot of the single
+    best level; two adjacent levels (P = 2), or level 0 alone for a one-level pyramid."""
+    best = select_scale(boxes, factors, settings.target_area)
+    if len(factors) == 1:
+        zeros = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        return zeros[:, None], zeros
+    pairs = select_adjacent_pair(boxes, factors, settings.target_area)
+    return pairs, (pairs[:, 1] == best).long()
+
+
 def pool_at_scales(feats: list[Tensor], factors: list[float], boxes: Tensor, settings: ExtractionSettings,
                    roi_size: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """Scale selection and pooling of ``boxes`` on the maps of :func:`pyramid_features`.
 
-    Returns ``(pooled [R, P, C, m, m], levels [R, P], best [R])``; ``best`` is the slot of the
-    single best level.
+    Returns ``(pooled [R, P, C, m, m], levels [R, P], best [R])`` (see :func:`select_levels`).
     """
-    best = select_scale(boxes, factors, settings.target_area)
-    if len(factors) == 1:
-        pooled = pool_pyramid_pair(feats, [boxes], [torch.zeros(len(boxes), 2, dtype=torch.int64)], [factors],
-                                   1.0 / stride, roi_size, settings.pool_mode)[0][:, None]
-        return pooled, torch.zeros(len(boxes), 1, dtype=torch.int64), torch.zeros(len(boxes), dtype=torch.int64)
-    pairs = select_adjacent_pair(boxes, factors, settings.target_area)
-    a, b = pool_pyramid_pair(feats, [boxes], [pairs], [factors], 1.0 / stride, roi_size, settings.pool_mode)
-    return torch.stack([a, b], dim=1), pairs, (pairs[:, 1] == best).long()
+    levels, best = select_levels(boxes, factors, settings)
+    pooled = pool_slots(feats, [factors], [boxes], [levels], stride, roi_size, settings.pool_mode)
+    return pooled, levels, best
 
 
 def pool_regions(backbone: torch.nn.Module, image: Tensor, boxes: Tensor, settings: ExtractionSettings,
@@ -274,7 +297,7 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
 def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
                  backbone: torch.nn.Module, settings: ExtractionSettings, roi_size: int, rank: int,
                  world_size: int, progress: bool) -> None:
-    """Extract the images of shard ``rank`` into ``shard_dir``: features streamed, then the rest."""
+    """Extract the images of shard ``rank`` into ``shard_dir``: features (or maps) streamed, then the rest."""
     backbone.eval()
     device = next(backbone.parameters()).device
     todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
@@ -288,29 +311,43 @@ def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[
     total = int(offsets[-1])
     pathways = 1 if len(settings.scales) == 1 else 2
     channels = int(backbone.out_channels)
+    stride = getattr(backbone, "stride", 16)
     levels = np.zeros((total, pathways), np.int8)
     best = np.zeros(total, np.int8)
     bar = tqdm(todo, desc=f"RoI features {dataset.name} [{rank + 1}/{world_size}]", unit="img",
                disable=not progress)
-    with open(shard_dir / "features.npy", "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-            "shape": (total, pathways, channels, roi_size, roi_size)})
+    store_maps = settings.store == "maps"
+    with open(shard_dir / (MAPS_FILE if store_maps else "features.npy"), "wb") as out:
+        if store_maps:
+            writer = MapWriter(out, stride, roi_size, settings.pool_mode, channels)
+        else:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                "shape": (total, pathways, channels, roi_size, roi_size)})
         for (sample, flip), regions, start in zip(bar, per_image, offsets[:-1]):
             x = image_tensor(sample.path, backbone.mean, backbone.std, flip).to(device)
             if x.shape[1:] != (sample.height, sample.width):
                 raise DataError(f"image is {x.shape[2]}x{x.shape[1]} but the annotation says "
                                 f"{sample.width}x{sample.height}", path=sample.path, record=sample.image_id)
             n = len(regions["boxes"])
+            if store_maps:  # every image's maps, so that the index has one entry per image
+                feats, factors = pyramid_features(backbone, x, settings)
+                writer.add(feats, factors)
             if n == 0:
                 continue
-            pooled, lv, bs = pool_regions(backbone, x, torch.from_numpy(regions["boxes"]).to(device), settings,
-                                          roi_size)
-            out.write(pooled.cpu().numpy().astype(np.float16).tobytes())  # regions in order: offsets are contiguous
+            boxes = torch.from_numpy(regions["boxes"]).to(device)
+            if store_maps:
+                lv, bs = select_levels(boxes, factors, settings)
+            else:
+                pooled, lv, bs = pool_regions(backbone, x, boxes, settings, roi_size)
+                out.write(pooled.cpu().numpy().astype(np.float16).tobytes())  # regions in order: contiguous
             levels[start:start + n] = lv.cpu().numpy()
             best[start:start + n] = bs.cpu().numpy()
-        out.flush()
-        os.fsync(out.fileno())
+        if store_maps:
+            writer.finish(shard_dir / INDEX_FILE)  # fsyncs the maps first
+        else:
+            out.flush()
+            os.fsync(out.fileno())
     arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))
               for k in ("boxes", "is_gt", "overlap", "label", "target")}
     arrays["image"] = np.repeat(np.arange(len(per_image)), np.diff(offsets)).astype(np.int32)
@@ -336,9 +373,14 @@ def open_cache(folder: str | Path) -> RoIFeatureCache:
     cache = RoIFeatureCache(folder)
     for name in expected:
         shard_dir = folder / name
-        regions = np.load(shard_dir / "regions.npz")
+        with np.load(shard_dir / "regions.npz") as stored:
+            regions = dict(stored)
         meta = json.loads((shard_dir / "images.json").read_text())
-        features = np.load(shard_dir / "features.npy", mmap_mode="r")
+        if (shard_dir / MAPS_FILE).exists():
+            features = open_maps(shard_dir, regions["boxes"], regions["image"], regions["levels"],
+                                 len(meta["image_ids"]))
+        else:
+            features = np.load(shard_dir / "features.npy", mmap_mode="r")
         if len(features) != len(regions["boxes"]):
             raise DataError("features and regions disagree in length; delete the cache folder", path=shard_dir)
         cache.shards.append(CacheShard(features=features, boxes=regions["boxes"], image=regions["image"],

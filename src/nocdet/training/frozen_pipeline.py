@@ -83,7 +83,8 @@ def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset
     proposals = proposals_for(cfg, dataset, split, progress)
     settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
                                   pool_mode=cfg.pyramid.pool, include_gt=training,
-                                  flip=training and cfg.pyramid.flip, target_area=cfg.pyramid.target_area)
+                                  flip=training and cfg.pyramid.flip, target_area=cfg.pyramid.target_area,
+                                  store=cfg.pyramid.cache)
     folder = build_cache(Path(cfg.cache_dir) / "roi_features", dataset, proposals, backbone,
                          f"{cfg.backbone.name}:{cfg.backbone.weights}", settings, progress=progress)
     return open_cache(folder)
