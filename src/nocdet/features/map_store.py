@@ -5,8 +5,8 @@ store of :mod:`nocdet.features.roi_cache` keeps every region's pooled features i
 ZF on VOC (2,000 regions x 2 levels x 256 x 6 x 6, float16) is ~74 MB per image against ~9 MB of
 maps. A maps shard stores, per image, its conv maps at every pyramid level in float16 and an
 index; :class:`MapFeatures` is a read-only view of the shard's regions ``[N, P, C, m, m]`` that
-pools the requested rows from those maps with :func:`pool_slots`, the function the pooled store
-extracts with. RoI max pooling commutes with the (monotonic) rounding to float16, so both stores
+pools the requested rows from those maps with :func:`nocdet.features.pyramid.pool_slots`, the
+function the pooled store extracts with. RoI max pooling commutes with the (monotonic) rounding to float16, so both stores
 give bit-identical features for pool "max"; for "align" (bilinear) they agree to float16 precision.
 
 Files of a maps shard, besides ``regions.npz`` and ``images.json``::
@@ -33,29 +33,12 @@ import torch
 from torch import Tensor
 
 from nocdet.errors import DataError, NocdetError
-from nocdet.features.pyramid import FeatureLevel, pool_pyramid
+from nocdet.features.pyramid import pool_slots
 from nocdet.io import atomic_write_bytes
 
 MAPS_FILE = "maps.npy"
 INDEX_FILE = "maps-index.npz"
 _HEADER = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False}
-
-
-def pool_slots(features: Sequence[FeatureLevel], factors: np.ndarray | Sequence[Sequence[float]],
-               boxes: Sequence[Tensor], levels: Sequence[Tensor], stride: int, roi_size: int,
-               mode: str) -> Tensor:
-    """Regions pooled at each of their P pyramid levels: ``[R_total, P, C, m, m]``.
-
-    ``features[l]`` is level ``l`` of the B images (a ``[B, C, H, W]`` tensor, or a list of B maps
-    ``[1, C, H, W]``), ``factors[b][l]`` image ``b``'s resize factor there, ``boxes[b]``
-    ``[R_b, 4]`` in original image pixels and ``levels[b]`` ``[R_b, P]`` the levels to pool each
-    box from (:func:`nocdet.features.pyramid.pool_pyramid`, spatial scale ``1 / stride``). Rows
-    follow the boxes, images concatenated.
-    """
-    pathways = levels[0].shape[1]
-    flat = pool_pyramid(features, [b.repeat_interleave(pathways, 0) for b in boxes],
-                        [lv.reshape(-1) for lv in levels], factors, 1.0 / stride, roi_size, mode)
-    return flat.reshape(-1, pathways, *flat.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -191,10 +174,10 @@ class MapFeatures:
         groups = np.split(rows[order], np.cumsum(counts)[:-1])
         features = [[self._map(int(i), level) for i in images] for level in range(self.index.offset.shape[1])]
         with torch.inference_mode():
-            pooled = pool_slots(features, self.index.factor[images],
-                                [torch.from_numpy(self.boxes[g]) for g in groups],
+            pooled = pool_slots(features, [torch.from_numpy(self.boxes[g]) for g in groups],
                                 [torch.from_numpy(self.levels[g].astype(np.int64)) for g in groups],
-                                self.index.stride, self.index.roi_size, self.index.pool_mode)
+                                self.index.factor[images], 1.0 / self.index.stride, self.index.roi_size,
+                                self.index.pool_mode)
         out[order] = pooled.numpy().astype(np.float16)
         return out
 

@@ -278,6 +278,20 @@ def pool_pyramid(features: Sequence[FeatureLevel], boxes: Sequence[Tensor], leve
                       mode, sampling_ratio, aligned)
 
 
+def pool_slots(features: Sequence[FeatureLevel], boxes: Sequence[Tensor], levels: Sequence[Tensor],
+               factors: Tensor | Sequence[Sequence[float]], spatial_scale: float, output_size: int,
+               mode: str = "max", sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """Each box pooled at each of its P levels ``levels[b]`` ``[R_b, P]``: ``[R_total, P, C, m, m]``.
+
+    Same conventions as :func:`pool_pyramid`; all pathways are pooled together, level by level.
+    """
+    pathways = levels[0].shape[1] if len(levels) else 1
+    flat = pool_pyramid(features, [torch.as_tensor(b).repeat_interleave(pathways, 0) for b in boxes],
+                        [torch.as_tensor(lv).reshape(-1) for lv in levels], factors, spatial_scale, output_size,
+                        mode, sampling_ratio, aligned)
+    return flat.reshape(-1, pathways, *flat.shape[1:])
+
+
 def pool_pyramid_pair(features: Sequence[FeatureLevel], boxes: Sequence[Tensor], pairs: Sequence[Tensor],
                       factors: Tensor | Sequence[Sequence[float]], spatial_scale: float, output_size: int,
                       mode: str = "max", sampling_ratio: int = -1,
@@ -291,10 +305,5 @@ def pool_pyramid_pair(features: Sequence[FeatureLevel], boxes: Sequence[Tensor],
     for b, p in enumerate(pairs):
         if p.dim() != 2 or p.shape[1] != 2:
             raise ValueError(f"image {b}: pairs must be [R, 2], got shape {tuple(p.shape)}")
-    device = _first_map(features).device
-    f = _per_image_factors(factors, len(boxes), len(features)).to(device)
-    image_index, flat_boxes, first = _flatten(boxes, [p[:, 0] for p in pairs], device)
-    second = torch.cat([torch.as_tensor(p[:, 1]).to(device, torch.int64) for p in pairs])
-    both = _pool_flat(features, image_index.repeat(2), flat_boxes.repeat(2, 1), torch.cat([first, second]),
-                      f, spatial_scale, output_size, mode, sampling_ratio, aligned)
-    return both[: len(first)], both[len(first):]
+    both = pool_slots(features, boxes, pairs, factors, spatial_scale, output_size, mode, sampling_ratio, aligned)
+    return both[:, 0], both[:, 1]

@@ -66,8 +66,9 @@ from tqdm import tqdm
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
 from nocdet.errors import ConfigError, DataError, NocdetError
-from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, open_maps, pool_slots
-from nocdet.features.pyramid import pyramid_scale_factors, resize_to_scales, select_adjacent_pair, select_scale
+from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, open_maps
+from nocdet.features.pyramid import pool_slots, pyramid_scale_factors, resize_to_scales, select_adjacent_pair, \
+    select_scale
 from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
 
 CACHE_FORMAT = 1
@@ -234,7 +235,7 @@ def pool_at_scales(feats: list[Tensor], factors: list[float], boxes: Tensor, set
     Returns ``(pooled [R, P, C, m, m], levels [R, P], best [R])`` (see :func:`select_levels`).
     """
     levels, best = select_levels(boxes, factors, settings)
-    pooled = pool_slots(feats, [factors], [boxes], [levels], stride, roi_size, settings.pool_mode)
+    pooled = pool_slots(feats, [boxes], [levels], [factors], 1.0 / stride, roi_size, settings.pool_mode)
     return pooled, levels, best
 
 
