@@ -256,4 +256,5 @@ def test_build_backbone_option_errors():
         build_backbone("small-resnet", frozen_stages=5)
     assert set(backbone_options("small-zf")) == {"width", "stride", "fc_dim", "norm"}
     assert set(BACKBONE_NAMES) == {"zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet",
-                                   "small-zf", "small-resnet"}
+                                   "small-zf", "small-resnet", "efficientnet-lite0", "efficientnet-lite1",
+                                   "efficientnet-lite2"}

@@ -395,7 +395,7 @@ def _zf() -> ZFNet:
 
 
 def _builders() -> dict[str, Callable[..., Backbone]]:
-    from nocdet.features import small_nets  # small_nets builds on the classes above
+    from nocdet.features import efficientnet, small_nets  # both build on the classes above
 
     return {
         "zf": _zf,
@@ -406,10 +406,12 @@ def _builders() -> dict[str, Callable[..., Backbone]]:
         "googlenet": GoogLeNetBackbone,
         "small-zf": small_nets.small_zf,
         "small-resnet": small_nets.SmallResNet,
+        **{name: partial(efficientnet.EfficientNetLiteBackbone, name) for name in efficientnet.VARIANTS},
     }
 
 
-BACKBONE_NAMES = ("zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet", "small-zf", "small-resnet")
+BACKBONE_NAMES = ("zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet", "small-zf", "small-resnet",
+                  "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def backbone_options(name: str) -> dict[str, object]:
@@ -424,8 +426,9 @@ def backbone_options(name: str) -> dict[str, object]:
 def build_backbone(name: str, weights: str | Path | None = None, **options: object) -> Backbone:
     """Build backbone ``name`` with ``options`` and load ``weights`` (None/"random", "imagenet", a path).
 
-    Names: zf, vgg16, vgg19, resnet50, resnet101, googlenet, small-zf, small-resnet; see each
-    class for its options (:func:`backbone_options` lists them).
+    Names: zf, vgg16, vgg19, resnet50, resnet101, googlenet, small-zf, small-resnet,
+    efficientnet-lite0/1/2 (:mod:`nocdet.features.efficientnet`); see each class for its options
+    (:func:`backbone_options` lists them).
     """
     accepted = backbone_options(name)
     unknown = sorted(set(options) - set(accepted))

@@ -24,6 +24,8 @@ Tokens
   followed by global average pooling.
 - ``inc4e,5a,5b``: GoogLeNet inception blocks (a consecutive run of inc4a..inc4e, inc5a, inc5b),
   followed by global average pooling.
+- ``eff7a,7b,7c,7d,8a,9a``: EfficientNet-Lite stages 7-9 (MBConv blocks eff7a.., eff8a, and the
+  head conv eff9a; lite1/lite2 have eff7a..7e), followed by global average pooling.
 
 Rules: the last layer (``mo`` aside) is the (n+1)-way classifier ``f<N>``; ``mo`` appears at most
 once and may stand anywhere (first: max of the two pooled inputs; last: max of the two logits);
@@ -47,8 +49,12 @@ KINDS = ("conv", "fc", "maxout", "stage", "dropout", "bn")
 STAGE_BLOCKS: dict[str, tuple[str, ...]] = {
     "res": ("5a", "5b", "5c"),
     "inc": ("4a", "4b", "4c", "4d", "4e", "5a", "5b"),
+    "eff": ("7a", "7b", "7c", "7d", "7e", "8a", "9a"),  # EfficientNet-Lite stages 7-9
 }
-_STAGE_RE = re.compile(r"(res|inc)(\d+[a-z]\d*)")
+#: families whose stage depth depends on the network (lite0 has eff7a..7d, lite1/2 eff7a..7e): the
+#: parser checks the order of their blocks, the backbone (``Backbone.stage``) that none is skipped
+VARIABLE_DEPTH_FAMILIES = frozenset({"eff"})
+_STAGE_RE = re.compile(r"(res|inc|eff)(\d+[a-z]\d*)")
 _BLOCK_RE = re.compile(r"\d+[a-z]\d*")
 _SEP_RE = re.compile(r"\s*([-,])\s*")
 
@@ -99,7 +105,7 @@ TOKEN_RULES: list[TokenRule] = [
               lambda m: {"p": float(m["p"])}, _check_dropout),
     TokenRule("bn", re.compile(r"bn"), "bn", "b", lambda m: {}),
 ]
-_EXPECTED = "f<N>, c<N>, mo, d<p>, bn, res5a,5b,5c or inc4e,5a,5b"
+_EXPECTED = "f<N>, c<N>, mo, d<p>, bn, res5a,5b,5c, inc4e,5a,5b or eff7a,...,9a"
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,8 @@ def _read_stage(source: str, tok: _Token, index: int) -> LayerSpec:
             raise _error(source, start, offset + len(block), f"token {index} has unknown stage block "
                          f"{family}{block}; known {family} blocks: "
                          + ", ".join(family + b for b in known))
-        if j > 0 and known.index(block) != known.index(blocks[j - 1]) + 1:
+        step = known.index(block) - known.index(blocks[j - 1]) if j > 0 else 1
+        if j > 0 and (step != 1 if family not in VARIABLE_DEPTH_FAMILIES else step < 1):
             prev = family + blocks[j - 1]
             want = known[known.index(blocks[j - 1]) + 1] if blocks[j - 1] != known[-1] else None
             expected = (f"expected {family}{want} after {prev}" if want
@@ -303,9 +310,9 @@ def _read_token(source: str, tok: _Token, index: int) -> LayerSpec:
             if complaint:
                 raise _error(source, tok.start, tok.end, f"token {index} {tok.text!r}: {complaint}")
             return LayerSpec(rule.kind, params, tok.text)
-    if tok.text.startswith(("res", "inc")):
+    if tok.text.startswith(tuple(STAGE_BLOCKS)):
         raise _error(source, tok.start, tok.end, f"token {index} {tok.text!r} is not a stage; "
-                     "expected e.g. res5a,5b,5c or inc4e,5a,5b")
+                     "expected e.g. res5a,5b,5c, inc4e,5a,5b or eff7a,7b,7c,7d,8a,9a")
     rule = next((r for r in TOKEN_RULES if tok.text.startswith(r.hint)), None)
     if rule is not None:
         message = f"token {index} {tok.text!r} is malformed; expected {rule.syntax}"

@@ -25,6 +25,7 @@ from torchvision.models.googlenet import Inception
 from torchvision.models.resnet import Bottleneck
 
 from nocdet.errors import ConfigError, SpecError
+from nocdet.features.efficientnet import efficientnet_stage
 from nocdet.noc.spec import STAGE_BLOCKS
 
 RES5_PLANES = 512  # Bottleneck width of conv5; its output has 4 x 512 = 2048 channels
@@ -46,7 +47,7 @@ def _split_names(names: list[str]) -> tuple[str, list[str]]:
         raise SpecError(f"a stage is one run of res or inc blocks, got {names}")
     family = families.pop()
     if family not in STAGE_BLOCKS:
-        raise SpecError(f"unknown stage family {family!r} in {names}; known: res, inc")
+        raise SpecError(f"unknown stage family {family!r} in {names}; known: {', '.join(STAGE_BLOCKS)}")
     blocks = [name[3:] for name in names]
     unknown = [b for b in blocks if b not in STAGE_BLOCKS[family]]
     if unknown:
@@ -111,8 +112,11 @@ def inception_stage(names: list[str], in_channels: int, stride: int = 2) -> tupl
 
 
 def build_stage(names: list[str], in_channels: int, stride: int = 2) -> tuple[nn.Module, int]:
-    """The default stage factory: torchvision blocks with random weights (no download)."""
+    """The default stage factory: torchvision blocks (EfficientNet-Lite0's for ``eff``) with random
+    weights (no download)."""
     family, _ = _split_names(names)
+    if family == "eff":
+        return efficientnet_stage(names, in_channels, stride)
     return (resnet_stage if family == "res" else inception_stage)(names, in_channels, stride)
 
 
