@@ -16,6 +16,7 @@ from typing import Literal, Sequence
 from nocdet.config import load_config
 from nocdet.data.sample import DetectionDataset, concat
 from nocdet.errors import ConfigError
+from nocdet.features.backbones import check_finetune_init
 from nocdet.postprocess import PostprocessConfig
 from nocdet.training.bbox_regression import BoxRegressionConfig
 from nocdet.training.noc_trainer import SolverConfig
@@ -119,6 +120,8 @@ class ExperimentConfig:
             raise ConfigError(f"pyramid.scales must be strictly increasing, got {self.pyramid.scales}")
         if not self.data.train:
             raise ConfigError("data.train lists no split")
+        if self.noc.init == "finetune":
+            check_finetune_init(self.backbone.name)
         return self
 
 

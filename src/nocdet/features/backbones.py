@@ -414,6 +414,20 @@ BACKBONE_NAMES = ("zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet", 
                   "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
+#: backbones with fc6/fc7 layers that a NoC can start from (``noc.init: finetune``, paper Sec. 3.4)
+FC67_BACKBONES = ("zf", "vgg16", "vgg19", "small-zf")
+
+
+def check_finetune_init(name: str, key: str = "noc.init") -> None:
+    """Refuse ``finetune`` for a backbone that has no fc6/fc7 layers, saying what it has instead."""
+    if name in FC67_BACKBONES:
+        return
+    what = ("EfficientNet-Lite ends in global average pooling and one 1000-way fc"
+            if name.startswith("efficientnet") else f"{name} has no fc6/fc7 layers")
+    raise ConfigError(f"{key} is 'finetune', but {what}: there are no pre-trained fc6/fc7 to start the NoC "
+                      f"from; use 'gaussian' (finetune works with {', '.join(FC67_BACKBONES)})")
+
+
 def backbone_options(name: str) -> dict[str, object]:
     """The options ``build_backbone(name, **options)`` accepts, with their defaults."""
     builders = _builders()

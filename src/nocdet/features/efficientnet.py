@@ -60,6 +60,8 @@ BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon for EfficientNet
 SIZE_DIVISOR = 32
 #: the TensorFlow originals' input scaling (x - 127) / 128, on nocdet's [0, 1] RGB scale
 TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3
+#: where the trunk may end -> the last stage it runs (eff9: through stage 8 and the head conv)
+UPTO = {"eff4": 4, "eff5": 5, "eff6": 6, "eff9": 8}
 NUM_CLASSES = 1000
 
 
@@ -232,6 +234,8 @@ class EfficientNetLiteBackbone(Backbone):
     - ``upto="eff6"`` (default): trunk to the end of stage 6 (stride 16, 112 channels for lite0,
       120 for lite2); stages 7-9 are :meth:`stage` blocks ``eff7a .. eff8a, eff9a`` for a
       convolutional NoC (the ``c4`` setting);
+    - ``upto="eff5"`` / ``"eff4"``: earlier maps (stride 16 with 80 channels, stride 8 with 40),
+      for small objects or a smaller budget;
     - ``upto="eff9"``: the naive setting, the whole network to the head conv (stride 32, 1280);
     - ``atrous=True``: as ``eff9`` with stage 7 at stride 1 and stages 7-8 dilated by 2 (stride 16).
 
@@ -249,37 +253,39 @@ class EfficientNetLiteBackbone(Backbone):
     def __init__(self, name: str = "efficientnet-lite0", *, upto: str | None = None, atrous: bool = False,
                  frozen_bn: bool = True, frozen_stages: int = 0):
         upto = ("eff9" if atrous else "eff6") if upto is None else upto
-        if upto not in ("eff6", "eff9"):
-            raise ConfigError(f"{name}: upto must be 'eff6' or 'eff9', got {upto!r}")
-        if atrous and upto == "eff6":
+        if upto not in UPTO:
+            raise ConfigError(f"{name}: upto must be one of {', '.join(UPTO)}, got {upto!r}")
+        if atrous and upto != "eff9":
             raise ConfigError(f"{name}: atrous=True dilates stages 7-8, so the trunk must go up to eff9")
         net = EfficientNetLite(name, frozen_bn=frozen_bn)
-        last6 = max(i for i, s in enumerate(net.block_stages) if s == 6)
-        super().__init__(name=name, out_channels=net.block_channels[last6][1] if upto == "eff6" else HEAD_CHANNELS,
-                         stride=16 if upto == "eff6" or atrous else 32, roi_size=7, mean=TF_MEAN, std=TF_STD)
+        last = UPTO[upto]
+        end = max(i for i, s in enumerate(net.block_stages) if s <= last) + 1  # blocks in the trunk
+        stride = {4: 8, 5: 16, 6: 16, 8: 16 if atrous else 32}[last]
+        super().__init__(name=name, out_channels=net.block_channels[end - 1][1] if last < 8 else HEAD_CHANNELS,
+                         stride=stride, roi_size=7, mean=TF_MEAN, std=TF_STD)
         self.resolution = net.resolution
         self._conv_stem, self._bn0, self._blocks = net._conv_stem, net._bn0, net._blocks
         self._conv_head, self._bn1 = net._conv_head, net._bn1
-        self._trunk_blocks = last6 + 1 if upto == "eff6" else len(net._blocks)
+        self._trunk_blocks = end
         self._with_head = upto == "eff9"
         if atrous:
             for i, stage in enumerate(net.block_stages):
                 if stage >= 7:
                     self._blocks[i]._depthwise_conv.dilate(2)
         if upto == "eff6":
-            for i in range(last6 + 1, len(net._blocks)):
+            for i in range(end, len(net._blocks)):
                 self._stage_blocks[f"eff{net.block_names[i]}"] = ((f"_blocks.{i}",), *net.block_channels[i])
             self._act_head = nn.ReLU6()  # eff9a = _conv_head, _bn1, ReLU6 (pooling is the NoC's)
             self._stage_blocks["eff9a"] = (("_conv_head", "_bn1", "_act_head"), net.block_channels[-1][1],
                                            HEAD_CHANNELS)
         else:
-            self._no_stage_reason = (f"{name}: stages 7-9 are already part of the trunk (upto='eff9' or "
-                                     f"atrous=True), so a conv NoC cannot reuse them; build it with upto='eff6'")
+            self._no_stage_reason = (f"{name}: a conv NoC reuses stages 7-9 on the stride-16 map of stage 6; "
+                                     f"build the backbone with upto='eff6' (it has upto={upto!r})")
         stages = [[self._conv_stem, self._bn0]] + [
-            [self._blocks[i] for i, s in enumerate(net.block_stages) if s == number and i < self._trunk_blocks]
-            for number in range(2, 10 if self._with_head else 7)]
+            [self._blocks[i] for i, s in enumerate(net.block_stages) if s == number and i < end]
+            for number in range(2, last + 1)]
         if self._with_head:
-            stages[-1] = [self._conv_head, self._bn1]
+            stages.append([self._conv_head, self._bn1])
         if not 0 <= frozen_stages <= len(stages):
             raise ConfigError(f"{name}: frozen_stages must be in 0..{len(stages)} (stem, stage 2, ...), "
                               f"got {frozen_stages}")
