@@ -119,16 +119,18 @@ class Conv2dSame(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """The conv of ``x``; ``weight``/``bias`` replace the layer's own (a folded BatchNorm)."""
+        weight = self.weight if weight is None else weight
         if self.stride == (1, 1):
             pads = [(k - 1) * d // 2 for k, d in zip(self.kernel_size, self.dilation)]
-            return F.conv2d(x, self.weight, None, 1, pads, self.dilation, self.groups)
+            return F.conv2d(x, weight, bias, 1, pads, self.dilation, self.groups)
         padding = []
         for n, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
                               reversed(self.dilation)):
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
             padding += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, padding), self.weight, None, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(F.pad(x, padding), weight, bias, self.stride, 0, self.dilation, self.groups)
 
     def dilate(self, dilation: int) -> None:
         """Stride 1 and the given dilation (the "a trous" change of a stride-2 layer and the ones after)."""
@@ -137,6 +139,15 @@ class Conv2dSame(nn.Conv2d):
 
 def _batch_norm(channels: int, frozen: bool) -> nn.Module:
     return FrozenBatchNorm2d(channels, eps=BN_EPS) if frozen else nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.01)
+
+
+def conv_bn(conv: Conv2dSame, bn: nn.Module, x: Tensor) -> Tensor:
+    """``bn(conv(x))``; a frozen BatchNorm is folded into the conv's weights on the fly (exact, one
+    pass over the map instead of three; gradients still reach the conv's weights)."""
+    if isinstance(bn, FrozenBatchNorm2d):
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        return conv(x, conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale)
+    return bn(conv(x))
 
 
 class MBConvBlock(nn.Module):
@@ -157,9 +168,9 @@ class MBConvBlock(nn.Module):
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
+        y = F.relu6(conv_bn(self._expand_conv, self._bn0, x), inplace=True) if self.expand else x
+        y = F.relu6(conv_bn(self._depthwise_conv, self._bn1, y), inplace=True)
+        y = conv_bn(self._project_conv, self._bn2, y)
         return y + x if self.residual else y
 
 
@@ -196,13 +207,22 @@ class EfficientNetLite(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Stage 9's map ``[B, 1280, H/32, W/32]`` of normalised images."""
-        x = F.relu6(self._bn0(self._conv_stem(images)))
+        x = F.relu6(conv_bn(self._conv_stem, self._bn0, images), inplace=True)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(conv_bn(self._conv_head, self._bn1, x), inplace=True)
 
     def forward(self, images: Tensor) -> Tensor:
         return self._fc(self.features(images).mean((2, 3)))
+
+
+def pad_to_multiple(images: Tensor, divisor: int) -> Tensor:
+    """Zeros at the bottom and right up to a multiple of ``divisor``; traced as size arithmetic (ONNX)."""
+    height, width = images.shape[-2:]
+    if torch.jit.is_tracing():  # shapes are tensors here: keep the padding a function of them
+        height, width = torch.as_tensor(height), torch.as_tensor(width)
+        return F.pad(images, (0, (divisor - width % divisor) % divisor, 0, (divisor - height % divisor) % divisor))
+    return F.pad(images, (0, (-width) % divisor, 0, (-height) % divisor))
 
 
 def wheel_checkpoint_path(name: str) -> Path:
@@ -293,12 +313,10 @@ class EfficientNetLiteBackbone(Backbone):
 
     def forward(self, images: Tensor) -> Tensor:
         """The shared conv map of normalised images, padded at the bottom/right to a multiple of 32."""
-        h, w = images.shape[-2:]
-        x = F.pad(images, (0, (-w) % SIZE_DIVISOR, 0, (-h) % SIZE_DIVISOR))
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(conv_bn(self._conv_stem, self._bn0, pad_to_multiple(images, SIZE_DIVISOR)), inplace=True)
         for block in self._blocks[:self._trunk_blocks]:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x))) if self._with_head else x
+        return F.relu6(conv_bn(self._conv_head, self._bn1, x), inplace=True) if self._with_head else x
 
     def trunk_modules(self) -> list[nn.Module]:
         modules: list[nn.Module] = [self._conv_stem, self._bn0, *self._blocks[:self._trunk_blocks]]
