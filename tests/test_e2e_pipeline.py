@@ -8,7 +8,7 @@ import torch
 
 from nocdet.data.scene_digits import generate_scene_digits
 from nocdet.e2e.config import load_e2e_experiment
-from nocdet.e2e.pipeline import detect_dataset, load_e2e_detector
+from nocdet.detector import load
 from nocdet.evaluation.voc import evaluate_voc_results_dir
 from nocdet.experiment import load_split
 
@@ -52,10 +52,10 @@ def test_train_command_runs_an_e2e_config_end_to_end(data, tmp_path):
     assert any("val_loss" in r for r in log)
 
     # the saved detector is rebuilt without the weights file and detects exactly as the run did
-    model = load_e2e_detector(run / "model.pt")
+    detector = load(run / "model.pt")
     cfg = load_e2e_experiment(CONFIG, overrides(data))
-    test_set = load_split(cfg.data, cfg.data.test, model.classes)
-    detections = detect_dataset(model, test_set, progress=False)
+    test_set = load_split(cfg.data, cfg.data.test, detector.classes)
+    detections = detector.detect_dataset(test_set, progress=False)
     written = json.loads((run / "results/coco_results.json").read_text())
     assert sum(len(d.scores) for d in detections) == len(written)
     if written:
@@ -64,10 +64,27 @@ def test_train_command_runs_an_e2e_config_end_to_end(data, tmp_path):
                                                                                                rel=1e-4)
 
 
-def test_load_e2e_detector_refuses_other_files(tmp_path):
+    # the commands a user runs on a frozen model work on this one too
+    one = detector.predict([test_set.samples[0].path])[0]
+    assert set(one.names) <= set(detector.classes) and len(one.names) == len(one.scores)
+    for command in (["detect", str(data / "JPEGImages" / f"{test_set.samples[0].image_id}.jpg"),
+                     "--out", str(tmp_path / "drawn")],
+                    ["evaluate", "--voc-root", str(data), "--split", "test", "--out", str(tmp_path / "eval")]):
+        done = subprocess.run([sys.executable, "-m", "nocdet", command[0], "--checkpoint", str(run / "model.pt"),
+                               *command[1:], "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["voc07"]["mAP"] == pytest.approx(metrics["voc07"]["mAP"], abs=1e-9)
+    assert json.loads((tmp_path / "drawn" / "failed.json").read_text()) == []
+    export = subprocess.run([sys.executable, "-m", "nocdet", "export", "--checkpoint", str(run / "model.pt"),
+                             "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
+    assert export.returncode == 2 and "is an end-to-end detector" in export.stderr
+
+
+def test_load_refuses_other_files(tmp_path):
     from nocdet.errors import NocdetError
 
     path = tmp_path / "x.pt"
     torch.save({"format": "something"}, path)
-    with pytest.raises(NocdetError, match="not an end-to-end detector"):
-        load_e2e_detector(path)
+    with pytest.raises(NocdetError, match="format 'something', not a detector saved by nocdet train"):
+        load(path)

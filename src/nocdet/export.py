@@ -1,6 +1,6 @@
 """A trained frozen-feature detector as one ONNX graph (``nocdet export``), and its runner.
 
-The graph is the network part of :meth:`nocdet.detector.FrozenNoCDetector.detect`:
+The graph is the network part of :meth:`nocdet.frozen_detector.FrozenNoCDetector.detect`:
 
     image [3, H, W] float32 RGB in [0, 1]  +  proposals [R, 4] float32 (x1, y1, x2, y2 pixels)
       -> normalise -> image pyramid (shorter side to each configured scale, the ``max_size`` cap,
@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from nocdet.boxes import decode_deltas
-from nocdet.detector import FrozenNoCDetector, ImageLike, as_rgb_array, load
+from nocdet.detector import ImageLike, as_rgb_array, load
+from nocdet.frozen_detector import FrozenNoCDetector
 from nocdet.errors import ConfigError, DataError
 from nocdet.features.pyramid import select_adjacent_pair, select_scale
 from nocdet.io import atomic_write_bytes
@@ -185,6 +186,10 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, opset: int = DEFAU
     if opset > MAX_OPSET:
         raise ConfigError(f"--opset {opset} is newer than torch's TorchScript exporter writes (<= {MAX_OPSET})")
     detector = load(checkpoint)
+    if not isinstance(detector, FrozenNoCDetector):
+        raise ConfigError(f"{checkpoint} is an end-to-end detector: nocdet export writes frozen-feature detectors "
+                          "only. The end-to-end graph (RPN top-k and NMS per image, then the NoC on a variable "
+                          "number of regions) is not exported yet; run it with nocdet detect or nocdet.load")
     graph = DetectorGraph(detector).eval()
     register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialias_symbolic, MIN_OPSET)
     # A non-square example with two pyramid levels shrinking and growing; tracing records the

@@ -1,4 +1,4 @@
-"""A trained frozen-feature detector applied to any image: ``nocdet.load(model.pt).predict(images)``.
+"""The frozen-feature detector (paper Sec. 3) applied to any image: ``nocdet.load(model.pt).predict(images)``.
 
 The same parts as training, composed for one image at a time: Selective Search proposals ->
 pyramid features of the frozen backbone -> RoI pooling at each region's scale(s) -> NoC ->
@@ -7,18 +7,18 @@ softmax or SVM scores -> optional box regression -> clip, per-class NMS, top-k.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from tqdm import tqdm
 
 from nocdet.config import from_dict
-from nocdet.data.images import load_image
-from nocdet.data.sample import Detections
-from nocdet.errors import ConfigError, NocdetError
+from nocdet.data.sample import DetectionDataset, Detections
+from nocdet.detector import FROZEN_FORMAT, ImageLike, Prediction, as_rgb_array, predictions
+from nocdet.errors import ConfigError
 from nocdet.experiment import ExperimentConfig, load_experiment, load_split
 from nocdet.features.backbones import Backbone, build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
@@ -30,37 +30,7 @@ from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.checkpoint import load_checkpoint
 from nocdet.training.svm import LinearSVMs
 
-ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
-
-
-@dataclass
-class Prediction:
-    """Detections of one image with class names: ``boxes [N, 4]`` (x1, y1, x2, y2 pixels),
-    ``scores [N]``, ``labels [N]`` in ``1..K`` and ``names[i] = classes[labels[i] - 1]``."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-
-
-def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """A path, PIL image, ``H x W x 3`` uint8 array or ``[3, H, W]`` float tensor in [0, 1] as
-    an ``H x W x 3`` uint8 RGB array."""
-    if isinstance(image, (str, Path)):
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise NocdetError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
-        return (image.detach().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise NocdetError(f"an image array must be H x W x 3, got shape {array.shape}")
-    return array.astype(np.uint8)
+FORMAT = FROZEN_FORMAT
 
 
 class FrozenNoCDetector:
@@ -139,21 +109,12 @@ class FrozenNoCDetector:
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[Prediction]:
         """Detections of each image (paths, PIL images, NumPy arrays or tensors) with class names."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        out = []
-        for i, image in enumerate(images):
-            det = self.detect(image, str(i))
-            out.append(Prediction(det.boxes, det.scores, det.labels, [self.classes[k - 1] for k in det.labels]))
-        return out
+        return predictions(self, images)
 
-
-def load(checkpoint: str | Path, device: str = "cpu") -> FrozenNoCDetector:
-    """The detector saved as ``model.pt`` by ``nocdet train`` / ``nocdet demo``."""
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != "nocdet-frozen-detector":
-        raise NocdetError(f"{checkpoint} is not a detector saved by nocdet train (model.pt)")
-    return FrozenNoCDetector.from_state(state, device)
+    def detect_dataset(self, dataset: DetectionDataset, progress: bool = True) -> list[Detections]:
+        """Detections of every image of ``dataset``, in its order."""
+        return [self.detect(sample.path, sample.image_id)
+                for sample in tqdm(dataset.samples, desc="detect", unit="img", disable=not progress)]
 
 
 def _new_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:

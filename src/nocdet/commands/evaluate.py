@@ -125,8 +125,6 @@ def _checkpoint_data(args: argparse.Namespace, classes: list[str]) -> tuple[Dete
 
 def _run_checkpoint(args: argparse.Namespace) -> dict:
     """Detect with a trained model over a split, print and return its metrics, write its results."""
-    from tqdm import tqdm
-
     from nocdet.detector import load
     from nocdet.evaluation.coco import evaluate_coco, format_coco_table
     from nocdet.evaluation.voc import evaluate_voc
@@ -134,9 +132,7 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
 
     detector = load(args.checkpoint, args.device)
     dataset, split = _checkpoint_data(args, detector.classes)
-    detections = [detector.detect(sample.path, sample.image_id)
-                  for sample in tqdm(dataset.samples, desc=f"detect ({split})", unit="img",
-                                     disable=args.no_progress)]
+    detections = detector.detect_dataset(dataset, progress=not args.no_progress)
     metric = args.metric or "all"
     metrics = {}
     voc_metrics = {"all": ("voc07", "voc"), "voc07": ("voc07",), "voc": ("voc",), "coco": ()}[metric]

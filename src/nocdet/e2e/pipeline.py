@@ -2,7 +2,7 @@
 
 The run folder gets what a frozen-feature run gets (``config.yaml``, ``train/log.jsonl``,
 ``metrics.json``, ``run.json``, ``diagnosis.json``, ``results/``) and ``model.pt``, a detector
-that :func:`load_e2e_detector` rebuilds without the pre-trained weights file. Under ``torchrun``
+that :func:`nocdet.detector.load` rebuilds without the pre-trained weights file. Under ``torchrun``
 every rank trains; rank 0 alone tests and writes the results.
 """
 from __future__ import annotations
@@ -14,37 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from nocdet.config import dump_yaml, from_dict
-from nocdet.data.sample import DetectionDataset, Detections
-from nocdet.e2e.config import E2EExperimentConfig, E2EModelConfig
-from nocdet.e2e.data import DetectionImages, collate
-from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model
+from nocdet.config import dump_yaml
+from nocdet.detector import E2E_FORMAT
+from nocdet.e2e.config import E2EExperimentConfig
+from nocdet.e2e.detector import E2EDetector
+from nocdet.e2e.model import build_e2e_model
 from nocdet.e2e.trainer import train_detector
-from nocdet.errors import NocdetError
 from nocdet.experiment import load_split, load_splits
 from nocdet.io import atomic_write_json, atomic_write_text
-from nocdet.training.checkpoint import load_checkpoint, save_checkpoint
+from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.frozen_pipeline import evaluate_all, write_diagnosis, write_results
-
-FORMAT = "nocdet-e2e-detector"
-
-
-@torch.inference_mode()
-def detect_dataset(model: NoCFasterRCNN, dataset: DetectionDataset, batch_size: int = 2,
-                   progress: bool = True) -> list[Detections]:
-    """The model's detections on every image of ``dataset`` (eval mode, labels ``1..K``)."""
-    device = next(model.parameters()).device
-    model.eval()
-    images = DetectionImages(dataset, drop_difficult=False)
-    out: list[Detections] = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="test", unit="batch", disable=not progress):
-        batch, _ = collate([images[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        for sample, det in zip(dataset.samples[start:start + batch_size], model([im.to(device) for im in batch])):
-            out.append(Detections(sample.image_id, det["boxes"].float().cpu().numpy(),
-                                  det["scores"].float().cpu().numpy(), det["labels"].cpu().numpy()))
-    return out
 
 
 def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume: bool = False,
@@ -72,14 +52,14 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
         return {}
 
     t = time.perf_counter()
-    detections = detect_dataset(model, test_set, progress=progress)
+    detections = E2EDetector(model, cfg, cfg.device).detect_dataset(test_set, progress=progress)
     test_seconds = time.perf_counter() - t
     metrics = evaluate_all(test_set, detections)
     metrics["timing_seconds"] = {"train": round(train_seconds, 2), "test": round(test_seconds, 2)}
     write_diagnosis(run_dir, test_set, detections)
     write_results(run_dir, test_set, cfg.data.test.rsplit(":", 1)[-1], detections)
     save_checkpoint(run_dir / "model.pt", {
-        "format": FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
+        "format": E2E_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
         "similarity_groups": train_set.similarity_groups, "model": model.state_dict()})
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "run.json", {
@@ -88,17 +68,7 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_seconds, 2),
         "data": {"format": cfg.data.format, "root": str(Path(cfg.data.root).resolve()),
                  "test_split": cfg.data.test.rsplit(":", 1)[-1]},
-        "final_train_loss": result.losses, "final_val_loss": result.val_losses,
+        "final_train_loss": (result.losses or {}).get("loss"), "final_val_loss": (result.val_losses or {}).get("loss"),
+        "final_train_losses": result.losses, "final_val_losses": result.val_losses,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return metrics
-
-
-def load_e2e_detector(checkpoint: str | Path, device: str = "cpu") -> NoCFasterRCNN:
-    """The end-to-end detector saved as ``model.pt`` by ``nocdet train`` (eval mode)."""
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise NocdetError(f"{checkpoint} is not an end-to-end detector saved by nocdet train (model.pt)")
-    cfg = from_dict(E2EModelConfig, state["config"]["model"])
-    model = build_e2e_model(cfg, len(state["classes"]), classes=state["classes"], pretrained=False)
-    model.load_state_dict(state["model"])
-    return model.eval().to(device)

@@ -29,6 +29,7 @@ from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
 from nocdet.noc.spec import parse_noc
 from nocdet.postprocess import detect_from_scores
+from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT
 from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
@@ -212,7 +213,7 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     write_results(run_dir, test_set, cfg.data.test.rsplit(":", 1)[-1], detections)
 
     save_checkpoint(run_dir / "model.pt", {
-        "format": "nocdet-frozen-detector", "version": 1, "config": asdict(cfg), "classes": train_set.classes,
+        "format": FROZEN_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
         "similarity_groups": train_set.similarity_groups, "head": head.state_dict(),
         "backbone_state": backbone.state_dict(),
         "svms": svms.state_dict() if svms else None, "bbox": regressor.state_dict() if regressor else None})
