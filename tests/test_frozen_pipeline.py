@@ -43,8 +43,8 @@ def test_run_folder_and_metrics_agree_with_the_evaluator(data, tmp_path):
     assert again.mAP == pytest.approx(metrics["voc07"]["mAP"], abs=1e-9)
     assert 0.0 <= metrics["coco"]["AP"] <= 1.0
     log = [json.loads(line) for line in (run / "train/log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log if "loss_cls" in r] == [3, 6, 9, 12]
-    assert any("val_loss_cls" in r for r in log)
+    assert [r["iteration"] for r in log if "loss" in r] == [3, 6, 9, 12]
+    assert any("val_loss" in r for r in log)
     model = torch.load(run / "model.pt", weights_only=False)
     assert model["classes"] == [str(d) for d in range(10)] and model["svms"] is not None
 

@@ -138,6 +138,23 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["iteration"] for r in lines] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_after_a_kill_between_checkpoints_logs_each_iteration_once(tmp_path):
+    """Killed after logging iteration 5 (checkpoint at 4, half a line written): the resumed run
+    logs 5 and 6 again, so the log is cut back to 4 first, not appended to."""
+    dataset, proposals = make_dataset(tmp_path)
+    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+                                   ExtractionSettings(scales=[32, 48]), progress=False))
+    _train(tmp_path, cache, 4, out="run")
+    with (tmp_path / "run" / "log.jsonl").open("a") as log:
+        log.write('{"iteration": 5, "loss": 1.0, "lr": 0.01}\n{"iteration": 6, "lo')
+    _train(tmp_path, cache, 6, resume=True, out="run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    assert lines[4]["loss"] != 1.0  # the resumed run's own record
+    _train(tmp_path, cache, 3, out="run")  # a new run in the same folder starts a new log
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
+
+
 def test_lr_schedule():
     s = SolverConfig(lr=0.1, lr_steps=[10, 20], lr_gamma=0.1)
     assert [learning_rate(s, i) for i in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
@@ -150,6 +167,6 @@ def test_non_finite_loss_stops_with_iteration(tmp_path):
     head = NoCHead("f16-f3", in_channels=4, roi_size=3)
     with torch.no_grad():
         head.parameters().__next__().fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"iteration 1: loss_cls is nan"):
+    with pytest.raises(TrainingError, match=r"iteration 1: loss is nan"):
         train_noc(head, cache, tmp_path / "nan", sampling=SamplingConfig(bg_iou_lo=0.0),
                   solver=SolverConfig(iterations=3), pathways="best", seed=0, progress=False)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
@@ -69,8 +68,8 @@ from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.e2e.data import DetectionImages, GroupedBatchSampler, aspect_groups, collate
 from nocdet.e2e.solver import E2ESolverConfig, build_optimizer, learning_rate
 from nocdet.errors import ConfigError, TrainingError
-from nocdet.io import atomic_write_text
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, save_checkpoint
+from nocdet.training.run_log import RunLog
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 
@@ -248,20 +247,6 @@ def evaluate_detector(model: nn.Module, dataset: DetectionDataset, metric: str =
     return {f"{metric}_mAP": evaluate_voc(dataset, detections, metric).mAP}
 
 
-def _read_log(path: Path, upto: int) -> str:
-    """The log's lines up to iteration ``upto``: a resumed run rewrites what came after."""
-    if not path.exists():
-        return ""
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["iteration"] <= upto:
-                keep.append(line + "\n")
-        except (ValueError, KeyError, TypeError):  # a line torn by a kill, or not ours
-            continue
-    return "".join(keep)
-
-
 def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Path, solver: E2ESolverConfig, *,
                    val: DetectionDataset | None = None,
                    evaluate: Callable[[nn.Module, DetectionDataset], dict[str, Any]] | None = evaluate_detector,
@@ -312,8 +297,7 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
             scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         start = int(state["iteration"])
-    if world.main:
-        atomic_write_text(log_path, _read_log(log_path, start) if state is not None else "")
+    log = RunLog(log_path, start) if world.main else None
     net = model
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -354,7 +338,6 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
         model.train()
         return losses, metrics
 
-    log = log_path.open("a") if world.main else None
     bar = tqdm(total=solver.iterations, initial=start, desc="train detector", unit="it",
                disable=not (progress and world.main))
     model.train()
@@ -418,8 +401,7 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
                           **{f"val_{name}": value for name, value in {**val_losses, **val_metrics}.items()}}
                 t_window = time.perf_counter()  # validation time is not training time
             if log is not None and record:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log.write(record)
             if done % solver.checkpoint_every == 0 or done == solver.iterations or stopping:
                 checkpoint(done)
             if stopping:

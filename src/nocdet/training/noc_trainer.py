@@ -9,7 +9,6 @@ message naming the iteration, keeping the last good checkpoint.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from nocdet.errors import TrainingError
 from nocdet.features.roi_cache import RoIFeatureCache
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nocdet.training.roi_sampler import RoIBatch, RoISampler, SamplingConfig
+from nocdet.training.run_log import RunLog
 
 
 @dataclass
@@ -101,7 +101,7 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
                                     "solver": asdict(solver), "sampling": asdict(sampling)})
 
     head.train()
-    log = (out_dir / "log.jsonl").open("a")
+    log = RunLog(out_dir / "log.jsonl", start)
     t0 = time.perf_counter()
     recent: list[float] = []
     last_logged = float("nan")
@@ -120,7 +120,7 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
             if not math.isfinite(value):
                 log.close()
                 kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written yet"
-                raise TrainingError(f"iteration {iteration + 1}: loss_cls is {value} (non-finite); "
+                raise TrainingError(f"iteration {iteration + 1}: loss is {value} (non-finite); "
                                     f"training stopped, {kept}; try a lower learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,17 +129,16 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
             done = iteration + 1
             record = None
             if done % solver.log_every == 0 or done == solver.iterations:
-                record = {"iteration": done, "loss_cls": float(np.mean(recent)), "lr": lr,
+                record = {"iteration": done, "loss": float(np.mean(recent)), "lr": lr,
                           "seconds": round(time.perf_counter() - t0, 3)}
-                bar.set_postfix(loss=f"{record['loss_cls']:.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
             if val_cache is not None and (done % solver.val_every == 0 or done == solver.iterations):
                 val_loss = validation_loss(head, val_cache, sampling, pathways, solver.val_batches)
-                record = {**(record or {"iteration": done}), "val_loss_cls": val_loss}
+                record = {**(record or {"iteration": done}), "val_loss": val_loss}
             if record is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if "loss_cls" in (record or {}):
-                last_logged, recent = record["loss_cls"], []
+                log.write(record)
+            if "loss" in (record or {}):
+                last_logged, recent = record["loss"], []
             if done % solver.checkpoint_every == 0 or done == solver.iterations:
                 checkpoint(done)
             if stop.requested:

@@ -266,15 +266,19 @@ def _picture_uri(run: Run, sample: Sample, dets: Detections) -> str:
 
 
 def training_curves_uri(runs: Sequence[Run]) -> str | None:
-    """Training loss (solid) and validation loss (dashed) against iteration, one colour a run."""
+    """Training loss (solid) and validation loss (dashed) against iteration, one colour a run.
+
+    Both settings log ``loss`` / ``val_loss``: the whole objective (the NoC's classification loss in
+    the frozen setting; RPN + NoC losses end to end). Runs logged before that carry ``loss_cls``."""
     if not any(r.log for r in runs):
         return None
     fig = Figure(figsize=(11, 3.8))  # a bare Figure: no pyplot state, safe in any thread
     loss_ax, lr_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     for k, run in enumerate(runs):
         colour = f"C{k % 10}"
-        for key, style, label in (("loss_cls", "-", "train"), ("val_loss_cls", "--", "validation")):
-            points = [(r["iteration"], r[key]) for r in run.log if isinstance(r.get(key), (int, float))]
+        for key, style, label in (("loss", "-", "train"), ("val_loss", "--", "validation")):
+            points = [(r["iteration"], r.get(key, r.get(key + "_cls"))) for r in run.log
+                      if isinstance(r.get(key, r.get(key + "_cls")), (int, float))]
             if points:
                 x, y = zip(*points)
                 loss_ax.plot(x, y, style, color=colour, marker="o" if len(points) < 20 else None,
@@ -282,7 +286,7 @@ def training_curves_uri(runs: Sequence[Run]) -> str | None:
         lr = [(r["iteration"], r["lr"]) for r in run.log if isinstance(r.get("lr"), (int, float))]
         if lr:
             lr_ax.plot(*zip(*lr), color=colour, label=run.name)
-    loss_ax.set(xlabel="iteration", ylabel="classification loss", title="loss")
+    loss_ax.set(xlabel="iteration", ylabel="training objective", title="loss")
     lr_ax.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3)
@@ -473,8 +477,9 @@ def _diagnosis_section(runs: Sequence[Run], tmp: Path) -> str:
 def _training_section(runs: Sequence[Run]) -> str:
     uri = training_curves_uri(runs)
     body = _img(uri, "training curves") if uri else _note("no log.jsonl records")
-    return _section("Training", "Classification loss on the training mini-batches (solid) and on the "
-                    "validation set (dashed), and the learning rate, against iteration.", body)
+    return _section("Training", "Training objective (the NoC's classification loss with frozen features; RPN "
+                    "+ NoC losses end to end) on the training mini-batches (solid) and on the validation set "
+                    "(dashed), and the learning rate, against iteration.", body)
 
 
 def _samples_section(runs: Sequence[Run], count: int) -> str:
