@@ -65,3 +65,39 @@ def test_override_syntax():
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
     with pytest.raises(ConfigError, match="not of the form"):
         apply_overrides({}, ["novalue"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("solver.lr=-1", "solver.lr must be > 0, got -1.0"),
+    ("solver.lr=.nan", "solver.lr must be > 0, got nan"),
+    ("solver.iterations=0", "solver.iterations is 0 .no NoC training.: only the post-hoc SVMs"),
+    ("solver.iterations=-5", "solver.iterations must be >= 0"),
+    ("sampling.fg_fraction=3", "sampling.fg_fraction must be <= 1"),
+    ("sampling.bg_iou_lo=0.6", r"background band \[bg_iou_lo, bg_iou_hi\) = \[0.6, 0.5\)"),
+    ("solver.lr_steps=[700, 0]", r"solver.lr_steps must be > 0, got 0 in \[700, 0\]"),
+])
+def test_frozen_config_rejects_values_that_cannot_be_meant(override, message):
+    from nocdet.experiment import load_experiment
+
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("configs/demo.yaml", [override])
+
+
+def test_both_settings_reject_a_negative_learning_rate():
+    from nocdet.e2e.config import load_e2e_experiment
+    from nocdet.experiment import load_experiment
+
+    for load, config in ((load_experiment, "configs/demo.yaml"),
+                         (load_e2e_experiment, "configs/e2e/scene_digits/table8_conv_noc.yaml")):
+        with pytest.raises(ConfigError, match="solver.lr must be > 0"):
+            load(config, ["solver.lr=-1"])
+
+
+def test_cli_reports_a_bad_value_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nocdet", "train", "configs/demo.yaml", "--set", "solver.lr=-1",
+                           "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "solver.lr must be > 0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -204,12 +204,12 @@ def test_run_names_are_unique_and_fragments_rename_nothing():
         assert "name" not in load_yaml(CONFIGS / fragment), fragment
 
 
-def test_demo_config_is_the_scene_digits_setting():
+def test_demo_config_is_the_scene_digits_setting_on_imagenet_features():
     demo = load_experiment(CONFIGS / "demo.yaml")
     base = load_experiment(CONFIGS / "scene_digits" / "base.yaml")
-    assert demo.data == base.data and demo.backbone == base.backbone
-    # the demo's only pyramid cut: no level upsamples the ~320 px images
-    assert demo.pyramid.target_area == base.pyramid.target_area and max(demo.pyramid.scales) <= 320
+    lite0 = load_experiment(CONFIGS / "scene_digits" / "imagenet_lite0.yaml")
+    assert demo.data == base.data == lite0.data and demo.sampling == base.sampling
+    assert demo.backbone.name == "efficientnet-lite0" and demo.backbone.weights == "imagenet"
     assert parse_noc(demo.noc.spec).has_maxout
 
 

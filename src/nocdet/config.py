@@ -4,7 +4,8 @@ A config file is a YAML mapping; ``_base_: other.yaml`` (a path relative to the 
 them) inherits another file, whose mappings are merged key by key (lists and scalars are replaced).
 ``--set a.b=c`` overrides on the command line are parsed as YAML values. The merged mapping is
 converted into the dataclass schema: unknown or misspelt keys are errors that suggest the closest
-valid key, and values are checked against the field types.
+valid key, values are checked against the field types and against the bounds a field declares
+with :func:`bounded` (the same checks for every setting's config).
 """
 from __future__ import annotations
 
@@ -78,6 +79,38 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+_BOUNDS = "bounds"
+_OPERATORS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
+              "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None) -> Any:
+    """A dataclass field whose value (each item of a list) must satisfy the given bounds, e.g.
+    ``lr: float = bounded(0.01, gt=0)``; :func:`check_bounds` and :func:`from_dict` enforce them."""
+    limits = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_BOUNDS: limits})
+
+
+def check_bounds(obj: Any, where: str = "") -> None:
+    """Raise ConfigError for a field of dataclass ``obj`` (and of the dataclasses in it) outside its
+    :func:`bounded` limits; NaN is never within bounds."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), _join(where, f.name)
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, key)
+        limits = f.metadata.get(_BOUNDS)
+        if not limits or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            for name, limit in limits.items():
+                symbol, holds = _OPERATORS[name]
+                if not holds(item, limit):
+                    got = value if not isinstance(value, (list, tuple)) else f"{item} in {list(value)}"
+                    raise ConfigError(f"{key} must be {symbol} {limit}, got {got}")
+
+
 def from_dict(cls: type[T], data: Mapping, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
     if not isinstance(data, Mapping):
@@ -93,9 +126,12 @@ def from_dict(cls: type[T], data: Mapping, where: str = "") -> T:
             raise ConfigError(f"unknown config key {_join(where, key)!r}{hint} (valid keys: {valid})")
         kwargs[key] = _convert(hints[key], value, _join(where, key))
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where or 'config'}: {err}") from err
+    if not where:  # the root checks every nested config once
+        check_bounds(obj)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:

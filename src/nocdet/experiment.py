@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from nocdet.config import load_config
+from nocdet.config import check_bounds, load_config
 from nocdet.data.sample import DetectionDataset, concat
 from nocdet.errors import ConfigError
 from nocdet.features.backbones import check_finetune_init
@@ -122,6 +122,17 @@ class ExperimentConfig:
             raise ConfigError("data.train lists no split")
         if self.noc.init == "finetune":
             check_finetune_init(self.backbone.name)
+        check_bounds(self)
+        s = self.sampling
+        if not s.bg_iou_lo < s.bg_iou_hi <= s.fg_iou:
+            raise ConfigError(f"sampling: the background band [bg_iou_lo, bg_iou_hi) = [{s.bg_iou_lo}, "
+                              f"{s.bg_iou_hi}) must be non-empty and below fg_iou {s.fg_iou}")
+        if self.solver.iterations == 0 and self.test.score != "svm":
+            raise ConfigError("solver.iterations is 0 (no NoC training): only the post-hoc SVMs can then score "
+                              "(SVM on RoI features, test.score: svm); otherwise give iterations >= 1")
+        steps = self.solver.lr_steps
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ConfigError(f"solver.lr_steps must increase strictly, got {steps}")
         return self
 
 

@@ -12,12 +12,13 @@ run on W processes follows the same trajectory as a single process with the whol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from nocdet.config import bounded, check_bounds
 from nocdet.errors import ConfigError
 
 AMP_MODES = ("none", "bfloat16", "float16")
@@ -28,27 +29,27 @@ _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 class E2ESolverConfig:
     """Settings of end-to-end training; ``validate`` checks them."""
 
-    iterations: int = 320000
+    iterations: int = bounded(320000, ge=1)
     """Number of SGD iterations (global batches)."""
-    images_per_batch: int = 8
+    images_per_batch: int = bounded(8, ge=1)
     """Global batch size in images, split evenly over the processes."""
-    lr: float = 0.003
+    lr: float = bounded(0.003, gt=0)
     """Base learning rate for the global batch (scale it linearly with ``images_per_batch``)."""
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(1e-4, ge=0)
     """L2 weight decay of weights (conv / fc kernels)."""
-    weight_decay_norm: float = 0.0
+    weight_decay_norm: float = bounded(0.0, ge=0)
     """Weight decay of biases and normalisation-layer parameters (BN/GN/LN scales and shifts).
     0 as in Detectron2 and the torchvision references: decaying them only shrinks the scale of
     activations and fights the normalisation; frozen BN (torchvision's default) has none anyway."""
-    warmup_iterations: int = 500
+    warmup_iterations: int = bounded(500, ge=0)
     """Iterations of linear warm-up from ``lr * warmup_factor`` to ``lr`` (0 = none)."""
-    warmup_factor: float = 1.0 / 3.0
-    lr_steps: list[int] = field(default_factory=lambda: [240000])
+    warmup_factor: float = bounded(1.0 / 3.0, gt=0, le=1)
+    lr_steps: list[int] = bounded(default_factory=lambda: [240000], gt=0)
     """Iterations at which the learning rate is multiplied by ``lr_gamma``. Steps at or beyond
     ``iterations`` are allowed (never reached), so a run can be stopped early and extended later."""
-    lr_gamma: float = 0.1
-    clip_grad_norm: float | None = None
+    lr_gamma: float = bounded(0.1, gt=0, le=1)
+    clip_grad_norm: float | None = bounded(None, gt=0)
     """Clip the global gradient norm to this value (None = no clipping)."""
     amp: Literal["none", "bfloat16", "float16"] = "none"
     """Mixed precision on CUDA: autocast to this type; float16 also uses a gradient scaler."""
@@ -56,42 +57,25 @@ class E2ESolverConfig:
     """Random horizontal flips (probability 0.5, seeded per epoch and image)."""
     aspect_ratio_grouping: bool = True
     """Batch wide (W >= H) and tall images separately, so padding to a common size wastes little."""
-    checkpoint_every: int = 5000
-    log_every: int = 20
-    val_every: int = 0
+    checkpoint_every: int = bounded(5000, ge=1)
+    log_every: int = bounded(20, ge=1)
+    val_every: int = bounded(0, ge=0)
     """Validation loss and metric every this many iterations (0 = only at the end)."""
-    val_images: int = 500
+    val_images: int = bounded(500, ge=0)
     """Validate on at most this many images of the validation set (its first ones; 0 = all)."""
-    workers: int = 2
+    workers: int = bounded(2, ge=0)
     """DataLoader worker processes per training process (0 = load in the main process)."""
     ddp_find_unused_parameters: bool = False
     """Passed to DistributedDataParallel; set it when some parameters get no gradient."""
 
     def validate(self) -> "E2ESolverConfig":
-        """Raise :class:`ConfigError` on settings that cannot be meant; return self."""
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(f"solver: {message}")
-
-        need(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        need(self.images_per_batch >= 1, f"images_per_batch must be >= 1, got {self.images_per_batch}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.weight_decay >= 0 and self.weight_decay_norm >= 0, "weight decays must be >= 0")
-        need(self.warmup_iterations >= 0, f"warmup_iterations must be >= 0, got {self.warmup_iterations}")
-        need(0 < self.warmup_factor <= 1, f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        need(all(b > a for a, b in zip(self.lr_steps, self.lr_steps[1:])),
-             f"lr_steps must increase strictly, got {self.lr_steps}")
-        need(all(s > 0 for s in self.lr_steps), f"lr_steps must be > 0, got {self.lr_steps}")
-        need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        need(self.clip_grad_norm is None or self.clip_grad_norm > 0,
-             f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
-        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(self.val_every >= 0, f"val_every must be >= 0 (0 = at the end), got {self.val_every}")
-        need(self.val_images >= 0, f"val_images must be >= 0 (0 = all), got {self.val_images}")
-        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        """Raise :class:`ConfigError` on settings that cannot be meant (the fields' bounds, then the
+        rules between fields); return self."""
+        check_bounds(self, "solver")
+        if any(b <= a for a, b in zip(self.lr_steps, self.lr_steps[1:])):
+            raise ConfigError(f"solver.lr_steps must increase strictly, got {self.lr_steps}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"solver.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         return self
 
 

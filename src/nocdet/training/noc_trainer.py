@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nocdet.config import bounded
 from nocdet.errors import TrainingError
 from nocdet.features.roi_cache import RoIFeatureCache
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -28,16 +29,16 @@ from nocdet.training.run_log import RunLog
 
 @dataclass
 class SolverConfig:
-    iterations: int = 4000
-    lr: float = 0.01
-    lr_steps: list[int] = field(default_factory=lambda: [3000])
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    checkpoint_every: int = 1000
-    val_every: int = 500
-    val_batches: int = 20
-    log_every: int = 50
+    iterations: int = bounded(4000, ge=0)  # 0: no SGD (SVMs on the RoI features, Table 1)
+    lr: float = bounded(0.01, gt=0)
+    lr_steps: list[int] = bounded(default_factory=lambda: [3000], gt=0)
+    lr_gamma: float = bounded(0.1, gt=0, le=1)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
+    checkpoint_every: int = bounded(1000, ge=1)
+    val_every: int = bounded(500, ge=1)
+    val_batches: int = bounded(20, ge=1)
+    log_every: int = bounded(50, ge=1)
 
 
 @dataclass

@@ -16,17 +16,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nocdet.config import bounded
 from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
 
 
 @dataclass
 class SamplingConfig:
-    images_per_batch: int = 2
-    rois_per_image: int = 64
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_iou_lo: float = 0.1
-    bg_iou_hi: float = 0.5
+    images_per_batch: int = bounded(2, ge=1)
+    rois_per_image: int = bounded(64, ge=1)
+    fg_fraction: float = bounded(0.25, gt=0, le=1)
+    fg_iou: float = bounded(0.5, gt=0, le=1)
+    bg_iou_lo: float = bounded(0.1, ge=0, le=1)
+    bg_iou_hi: float = bounded(0.5, gt=0, le=1)
 
 
 @dataclass
