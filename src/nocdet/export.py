@@ -44,6 +44,7 @@ from nocdet.boxes import decode_deltas
 from nocdet.detector import ImageLike, as_rgb_array, load
 from nocdet.frozen_detector import FrozenNoCDetector
 from nocdet.errors import ConfigError, DataError
+from nocdet.export_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from nocdet.features.pyramid import select_adjacent_pair, select_scale
 from nocdet.io import atomic_write_bytes
 
@@ -51,11 +52,6 @@ if TYPE_CHECKING:
     import onnxruntime
 
 FORMATS = ("onnx",)
-#: ONNX ``Resize`` has ``antialias`` from opset 18 on: the lowest opset the graph can use.
-MIN_OPSET = 18
-#: The newest opset of torch's TorchScript exporter (``torch.onnx._constants``).
-MAX_OPSET = 20
-DEFAULT_OPSET = 18
 INPUT_NAMES = ("image", "proposals")
 OUTPUT_NAMES = ("scores", "boxes")
 

@@ -13,7 +13,7 @@ HELP = "export a trained model.pt as one ONNX graph: image + proposals -> per-cl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nocdet.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from nocdet.export_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a nocdet train run")
     parser.add_argument("--format", default="onnx", help="export format (only 'onnx')")

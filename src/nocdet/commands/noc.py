@@ -6,7 +6,6 @@ import json
 import re
 
 from nocdet.errors import ConfigError
-from nocdet.noc.head import describe_noc
 
 NAME = "noc"
 HELP = "describe a NoC architecture: its layers, output shapes, parameters and multiply-adds per RoI"
@@ -74,6 +73,8 @@ def format_table(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.noc.head import describe_noc
+
     in_channels, roi_size = parse_input_shape(args.input)
     info = describe_noc(" ".join(args.spec), in_channels, roi_size, num_classes=args.classes,
                         box_regression=args.box_regression, stage_stride=args.stage_stride)

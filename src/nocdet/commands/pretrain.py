@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from nocdet.config import apply_overrides, dump_yaml
-from nocdet.data.voc import read_voc
 from nocdet.errors import ConfigError
-from nocdet.training.pretrain import PretrainSettings, pretrain
+from nocdet.training.pretrain_settings import PretrainSettings
 
 NAME = "pretrain"
 HELP = ("pre-train a backbone (conv layers + fc6/fc7) as a classifier of object and background crops "
@@ -41,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.config import apply_overrides, dump_yaml
+    from nocdet.data.voc import read_voc
+    from nocdet.training.pretrain import pretrain
+
     if "test" in args.split.lower():
         raise ConfigError(f"--split {args.split!r}: pre-training on test images would leak them into the "
                           "features the detector is evaluated with; use the train split")
