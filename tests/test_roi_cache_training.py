@@ -83,6 +83,10 @@ def test_cache_reused_and_partial_shard_rebuilt(tmp_path):
     other = build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
                         ExtractionSettings(scales=[48]), progress=False)
     assert other != folder
+    # the same weights cut at another layer (another stride, other channels): another key
+    deeper = TinyBackbone()
+    deeper.stride, deeper.out_channels = 8, 8
+    assert build_cache(tmp_path / "c", dataset, proposals, deeper, "tiny", settings, progress=False) != folder
     # a killed extraction (no done marker) is never opened
     done.unlink()
     with pytest.raises(DataError, match="incomplete|no finished shard"):

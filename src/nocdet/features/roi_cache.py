@@ -259,7 +259,10 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     if missing:
         raise DataError(f"no proposals for {len(missing)} images, e.g. {missing[:5]}")
     roi_size = int(backbone.roi_size)
-    key = cache_key(dataset, proposals, f"{backbone_name}:{weights_digest(backbone)}", roi_size, settings)
+    # the same weights cut at another layer (ResNet res4/res5, EfficientNet eff5/eff6, a-trous) give
+    # another map: its stride and channels are part of the key
+    identity = f"{backbone_name}:{weights_digest(backbone)}:{int(backbone.stride)}:{int(backbone.out_channels)}"
+    key = cache_key(dataset, proposals, identity, roi_size, settings)
     folder = Path(root) / key
     name = f"shard-{rank:05d}-of-{world_size:05d}"
     done = folder / f"{name}.done.json"
