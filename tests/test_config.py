@@ -101,3 +101,21 @@ def test_cli_reports_a_bad_value_without_a_traceback(tmp_path):
                            "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "solver.lr must be > 0" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_split_names_and_records_follow_the_split_not_the_default_root(tmp_path):
+    from pathlib import Path
+
+    from nocdet.experiment import DataConfig, split_name, split_record
+
+    voc = DataConfig(format="voc", root="data/default")
+    assert split_name(voc, "test") == "test"
+    assert split_record(voc, "test") == {"format": "voc", "root": str(Path("data/default").resolve()),
+                                         "test_split": "test"}
+    other = split_record(voc, f"{tmp_path}/seed1:test")  # a ROOT:SPLIT test set is read from ROOT
+    assert other["root"] == str(tmp_path / "seed1") and other["test_split"] == "test"
+    coco = DataConfig(format="coco")
+    split = f"{tmp_path}/ann/instances_test.json:{tmp_path}/images"
+    assert split_name(coco, split) == "test"  # never a path in a result file name
+    assert split_record(coco, split)["images"] == str(tmp_path / "images")
+    assert split_name(coco, f"{tmp_path}/mine.json:{tmp_path}/images") == "mine"

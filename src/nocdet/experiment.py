@@ -155,6 +155,25 @@ def load_split(data: DataConfig, split: str, classes: Sequence[str] | None = Non
     return read_voc(root, name, classes if classes is not None else data.classes)
 
 
+def split_name(data: DataConfig, split: str) -> str:
+    """The short name of a split, used in result file names and reports: the VOC split's name
+    (``ROOT:test`` -> ``test``), or a COCO JSON's stem without ``instances_`` (-> ``test``)."""
+    if data.format == "coco":
+        stem = Path(split.rsplit(":", 1)[0]).stem
+        return stem.removeprefix("instances_") or stem
+    return split.rsplit(":", 1)[-1]
+
+
+def split_record(data: DataConfig, split: str) -> dict[str, str]:
+    """Where a split's annotations are, as ``run.json`` records the test split for the report."""
+    if data.format == "coco":
+        json_path, image_dir = split.rsplit(":", 1)
+        return {"format": "coco", "root": str(Path(json_path).resolve()), "images": str(Path(image_dir).resolve()),
+                "test_split": split_name(data, split)}
+    root = split.rsplit(":", 1)[0] if ":" in split else data.root
+    return {"format": data.format, "root": str(Path(root).resolve()), "test_split": split_name(data, split)}
+
+
 def load_splits(data: DataConfig, splits: Sequence[str], classes: Sequence[str] | None = None) -> DetectionDataset:
     """Several splits concatenated ("07+12"); the first one fixes the class list."""
     first = load_split(data, splits[0], classes)

@@ -21,7 +21,7 @@ from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.detector import E2EDetector
 from nocdet.e2e.model import build_e2e_model
 from nocdet.e2e.trainer import train_detector
-from nocdet.experiment import load_split, load_splits
+from nocdet.experiment import load_split, load_splits, split_name, split_record
 from nocdet.io import atomic_write_json, atomic_write_text
 from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.frozen_pipeline import evaluate_all, write_diagnosis, write_results
@@ -57,7 +57,7 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
     metrics = evaluate_all(test_set, detections)
     metrics["timing_seconds"] = {"train": round(train_seconds, 2), "test": round(test_seconds, 2)}
     write_diagnosis(run_dir, test_set, detections)
-    write_results(run_dir, test_set, cfg.data.test.rsplit(":", 1)[-1], detections)
+    write_results(run_dir, test_set, split_name(cfg.data, cfg.data.test), detections)
     save_checkpoint(run_dir / "model.pt", {
         "format": E2E_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
         "similarity_groups": train_set.similarity_groups, "model": model.state_dict()})
@@ -66,8 +66,7 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
         "name": cfg.name, "detector": cfg.detector, "noc": cfg.model.noc.spec,
         "variant": cfg.model.backbone.variant, "iterations": result.iterations,
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_seconds, 2),
-        "data": {"format": cfg.data.format, "root": str(Path(cfg.data.root).resolve()),
-                 "test_split": cfg.data.test.rsplit(":", 1)[-1]},
+        "data": split_record(cfg.data, cfg.data.test),
         "final_train_loss": (result.losses or {}).get("loss"), "final_val_loss": (result.val_losses or {}).get("loss"),
         "final_train_losses": result.losses, "final_val_losses": result.val_losses,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

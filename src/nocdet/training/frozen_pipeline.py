@@ -21,7 +21,7 @@ from tqdm import tqdm
 from nocdet.config import dump_yaml
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.errors import ConfigError
-from nocdet.experiment import ExperimentConfig, load_split, load_splits
+from nocdet.experiment import ExperimentConfig, load_split, load_splits, split_name, split_record
 from nocdet.features.backbones import Backbone, build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, RoIFeatureCache, build_cache, open_cache, region_slice
 from nocdet.io import atomic_write_json, atomic_write_text
@@ -210,7 +210,7 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     metrics = evaluate_all(test_set, detections)
     write_diagnosis(run_dir, test_set, detections)
     metrics["timing_seconds"] = {k: round(v, 2) for k, v in timing.items()}
-    write_results(run_dir, test_set, cfg.data.test.rsplit(":", 1)[-1], detections)
+    write_results(run_dir, test_set, split_name(cfg.data, cfg.data.test), detections)
 
     save_checkpoint(run_dir / "model.pt", {
         "format": FROZEN_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
@@ -221,8 +221,7 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "run.json", {
         "name": cfg.name, "noc": cfg.noc.spec, "params": params, "train_seconds": round(timing["train_noc"], 2),
-        "data": {"format": cfg.data.format, "root": str(Path(cfg.data.root).resolve()),
-                 "test_split": cfg.data.test.rsplit(":", 1)[-1]},
+        "data": split_record(cfg.data, cfg.data.test),
         "final_train_loss": result.train_loss, "final_val_loss": result.val_loss,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return metrics
