@@ -88,3 +88,19 @@ def test_load_refuses_other_files(tmp_path):
     torch.save({"format": "something"}, path)
     with pytest.raises(NocdetError, match="format 'something', not a detector saved by nocdet train"):
         load(path)
+
+
+def test_sweep_runs_end_to_end_designs(data, tmp_path):
+    from argparse import Namespace
+    from pathlib import Path
+
+    from nocdet.commands import sweep
+
+    designs = ["res5a,5b, fcn+1", "fc32, fcn+1"]
+    args = Namespace(config=Path(CONFIG), noc=designs, overrides=overrides(data), output=tmp_path / "sweep",
+                     seed=None, device=None, no_progress=True)
+    assert sweep.run(args) == 0
+    for spec in designs:
+        config = (tmp_path / "sweep" / sweep.slug(spec) / "config.yaml").read_text()
+        assert spec in config and json.loads((tmp_path / "sweep" / sweep.slug(spec) / "run.json").read_text())["noc"] == spec
+    assert len((tmp_path / "sweep" / "sweep.csv").read_text().splitlines()) == 3

@@ -1,8 +1,9 @@
-"""``nocdet sweep CONFIG --noc SPEC ...``: several NoC designs on one feature cache, compared.
+"""``nocdet sweep CONFIG --noc SPEC ...``: several NoC designs of one config, compared.
 
-Every design is trained and evaluated with the same config, seed and RoI feature cache (the
-cache does not depend on the NoC), so a design-space study in the spirit of the paper's
-Tables 1-3 is one command. Writes ``sweep.md`` and ``sweep.csv`` (mAP per design with its
+Every design is trained and evaluated with the same config and seed, in either setting: with
+frozen features all designs share one RoI feature cache (it does not depend on the NoC), end to
+end each design trains its own detector. A design-space study in the spirit of the paper's
+Tables 1-3 (or 8) is one command. Writes ``sweep.md`` and ``sweep.csv`` (mAP per design with its
 parameters and training time, as the paper's tables) and ``sweep_ap.png`` (per-class AP).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from pathlib import Path
 
 NAME = "sweep"
-HELP = "train and evaluate several NoC designs on one feature cache and compare them"
+HELP = "train and evaluate several NoC designs of one config (either setting) and compare them"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,21 +36,21 @@ def slug(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nocdet.experiment import load_experiment
     from nocdet.noc.spec import parse_noc
-    from nocdet.training.frozen_pipeline import run_frozen_experiment
+    from nocdet.runs import load_any_experiment, noc_key, run_experiment
     from nocdet.viz.plots import plot_ap_comparison
 
     overrides = [*args.overrides, *([f"seed={args.seed}"] if args.seed is not None else []),
                  *([f"device={args.device}"] if args.device else [])]
     for spec in args.noc:
         parse_noc(spec)  # every string is checked before the first long run
+    key = noc_key(load_any_experiment(args.config, overrides))
     rows, per_class = [], {}
     for spec in args.noc:
-        cfg = load_experiment(args.config, [*overrides, f"noc.spec={spec}"])
+        cfg = load_any_experiment(args.config, [*overrides, f"{key}={spec}"])
         run_dir = args.output / slug(spec)
         print(f"== {spec} -> {run_dir}")
-        metrics = run_frozen_experiment(cfg, run_dir, progress=not args.no_progress)
+        metrics = run_experiment(cfg, run_dir, progress=not args.no_progress)
         if "interrupted" in metrics:
             print(f"stopped by {metrics['interrupted']}; finished designs are in {args.output}")
             return 130

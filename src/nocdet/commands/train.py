@@ -37,22 +37,12 @@ def print_metrics(metrics: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nocdet.e2e.config import is_e2e_config
+    from nocdet.runs import load_any_experiment, run_experiment
 
-    if is_e2e_config(args.config):  # end-to-end Faster R-CNN (Sec. 4); possibly one rank of torchrun
-        from nocdet.e2e.config import load_e2e_experiment
-        from nocdet.e2e.pipeline import run_e2e_experiment
-
-        cfg = load_e2e_experiment(args.config, resolve_overrides(args))
-        out = args.output or Path("runs") / cfg.name
-        metrics = run_e2e_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
-    else:  # frozen features, Selective Search, NoC on the RoI cache (Sec. 3)
-        from nocdet.experiment import load_experiment
-        from nocdet.training.frozen_pipeline import run_frozen_experiment
-
-        cfg = load_experiment(args.config, resolve_overrides(args))
-        out = args.output or Path("runs") / cfg.name
-        metrics = run_frozen_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
+    # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
+    cfg = load_any_experiment(args.config, resolve_overrides(args))
+    out = args.output or Path("runs") / cfg.name
+    metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
     if "interrupted" in metrics:
         print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "
               f"checkpoint saved: continue with  nocdet train {args.config} --output {out} --resume")
