@@ -4,7 +4,7 @@ Every row is one config of ``configs/scene_digits/`` trained and evaluated by ``
 rows whose resolved configs are equal (besides their name) share one run. Finished runs
 (``metrics.json`` present) are reused, so the script can be stopped and started again. The tables
 are written to ``<out>/ablation.md`` with the VOC07 mAP on the test split next to the paper's
-number where our copy of the paper prints it (``../shared/paper/SPEC.md`` section 9).
+number where our copy of the paper prints it (``docs/reference.md`` §9).
 
 Before running: the data and the pre-trained backbone the configs point to::
 

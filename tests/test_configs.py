@@ -126,7 +126,7 @@ def test_paper_row_matches_the_paper(key):
     # Sec. 3: every row ends with post-hoc SVMs that score the regions
     assert cfg.svm.enabled and cfg.test.score == "svm" and cfg.test.score_threshold == -1.5
     assert (cfg.solver.iterations == 0) == (key in SVM_ON_ROI)
-    # the SPPnet setting of SPEC.md
+    # the SPPnet setting of docs/reference.md §1, §3, §4, §6
     assert cfg.pyramid.scales == [480, 576, 688, 864, 1200] and cfg.pyramid.flip and cfg.pyramid.pool == "max"
     assert cfg.pyramid.target_area == 224 * 224
     assert (cfg.proposals.method, cfg.proposals.min_size, cfg.proposals.max_boxes) == ("selective_search", 20, 2000)

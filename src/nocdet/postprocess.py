@@ -1,4 +1,4 @@
-"""From per-region class scores to detections: clip, per-class NMS, top-k (SPEC.md 6).
+"""From per-region class scores to detections: clip, per-class NMS, top-k (docs/reference.md §6).
 
 Shape shorthand: R = regions, K = object classes (background excluded).
 """

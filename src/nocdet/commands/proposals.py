@@ -1,7 +1,7 @@
 """``nocdet proposals``: Selective Search proposals for the frozen-feature detector.
 
 * ``nocdet proposals compute --voc-root ROOT --split trainval [--out proposals.npz] [--recall]``
-  runs Selective Search "fast" (SPEC 3) on every image of the split, in worker processes,
+  runs Selective Search "fast" (docs/reference.md §3) on every image of the split, in worker processes,
   caching each image's boxes (default cache: ``$XDG_CACHE_HOME/nocdet/proposals``, i.e.
   ``~/.cache/nocdet/proposals``), and prints the boxes per image and, with ``--recall``, the
   recall at IoU 0.5 and 0.7.

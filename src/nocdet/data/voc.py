@@ -48,7 +48,7 @@ VOC_SIMILARITY_GROUPS: tuple[tuple[str, ...], ...] = (
     ("chair", "diningtable", "sofa"),
     ("aeroplane", "bird"),
 )
-"""Groups of *similar* VOC classes for the error diagnosis of Hoiem et al. (SPEC section 8)."""
+"""Groups of *similar* VOC classes for the error diagnosis of Hoiem et al. (docs/reference.md §8)."""
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 _PROGRESS_MIN = 1000  # splits with at least this many images show a progress bar

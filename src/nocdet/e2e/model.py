@@ -137,7 +137,7 @@ def _training_mode(module: nn.Module) -> Iterator[None]:
 def build_noc(cfg: E2EModelConfig, backbone: Backbone, num_classes: int, pretrained: bool = True) -> NoCHead:
     """The NoC of ``cfg.noc`` on the backbone's pooled regions, with class-specific deltas.
 
-    Gaussian init (SPEC.md 4) of its own layers; stages keep the backbone's weights. Fine-tune
+    Gaussian init (docs/reference.md §4) of its own layers; stages keep the backbone's weights. Fine-tune
     init copies the backbone's pre-trained fc6/fc7 (only when ``pretrained``: a restored model
     gets them from its checkpoint)."""
     spec = parse_noc(cfg.noc.spec).resolve(num_classes)

@@ -9,7 +9,7 @@ truth: foreground IoU >= ``fg_iou`` (label of the best GT), background IoU in [`
 ``bg_hi``) (label 0), the rest ignored; at most ``fg_fraction`` foreground (torchvision's
 ``BalancedPositiveNegativeSampler``). Loss: cross-entropy + smooth L1 on the true class's deltas,
 as torchvision's ``fastrcnn_loss``; deltas are encoded with weights (10, 10, 5, 5), i.e. targets
-divided by the stds (0.1, 0.1, 0.2, 0.2) of SPEC.md 5.
+divided by the stds (0.1, 0.1, 0.2, 0.2) of docs/reference.md §5.
 """
 from __future__ import annotations
 

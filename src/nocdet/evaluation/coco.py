@@ -1,8 +1,8 @@
 """COCO detection metrics through pycocotools' ``COCOeval`` (nothing re-implemented).
 
 AP is averaged over IoU 0.50:0.05:0.95 and 101 recall points, with at most 100 detections per
-image; area ranges small < 32² < medium < 96² < large; crowd ground truth is ignored (SPEC.md
-section 8). The twelve summary numbers are pycocotools' ``stats`` as fractions; where
+image; area ranges small < 32² < medium < 96² < large; crowd ground truth is ignored
+(docs/reference.md §8). The twelve summary numbers are pycocotools' ``stats`` as fractions; where
 pycocotools writes -1 ("no ground truth in that area range") they are None. Per-class AP is
 read from the accumulated precision array the way ``summarize`` reads the overall AP.
 

@@ -1,6 +1,6 @@
 """PASCAL VOC detection metric, reproducing the devkit's ``VOCevaldet.m`` to the last digit.
 
-The devkit's rules (SPEC.md section 8), per class:
+The devkit's rules (docs/reference.md §8), per class:
 
 * detections are sorted by decreasing score; equal scores keep their input order, as MATLAB's
   ``sort`` is stable (input order = result-file order, or the order of the ``Detections`` list);

@@ -207,7 +207,7 @@ class WithinChannelLRN(nn.Module):
 
 
 class ZFNet(Backbone):
-    """ZF net conv1-conv5 as in SPPnet / Faster R-CNN, plus its fc6/fc7 (SPEC 2).
+    """ZF net conv1-conv5 as in SPPnet / Faster R-CNN, plus its fc6/fc7 (docs/reference.md §2).
 
     conv1 96 7x7/2 -> ReLU -> LRN -> max 3x3/2 -> conv2 256 5x5/2 -> ReLU -> LRN -> max 3x3/2 ->
     conv3 384, conv4 384, conv5 256 (3x3, ReLU); total stride 16, RoI 6 x 6 -> fc6 4096 -> fc7 4096.

@@ -1,6 +1,6 @@
 """Initialisation of a NoC head: random Gaussian (paper Sec. 3.2-3.3) or fine-tune (Sec. 3.4).
 
-Random: zero biases and Gaussian weights whose std depends on the layer kind (SPEC.md 4):
+Random: zero biases and Gaussian weights whose std depends on the layer kind (docs/reference.md §4):
 the (n+1)-way classifier 0.01 and the box regressor 0.001 (Fast R-CNN's fillers); hidden fc
 layers 0.01 by default (Caffe's reference ImageNet nets draw their 4096-d fc6/fc7 with 0.005:
 pass ``fc_std=0.005`` for that); conv layers MSRA/He normal, std sqrt(2 / (C_in k^2)), unless

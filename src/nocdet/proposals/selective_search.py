@@ -1,7 +1,7 @@
 """Selective Search region proposals (Uijlings et al., IJCV 2013), "fast" mode, cached per image.
 
 The frozen-feature detector (SPPnet setting, paper Sec. 3) classifies Selective Search boxes.
-SPEC 3 asks for the "fast" mode of the original code as R-CNN ran it: colour spaces HSV and Lab,
+docs/reference.md §3 asks for the "fast" mode of the original code as R-CNN ran it: colour spaces HSV and Lab,
 Felzenszwalb-Huttenlocher segmentations with k in {50, 100} and sigma 0.8, two similarity
 strategies (colour+texture+size+fill and texture+size+fill), then boxes narrower or lower than
 20 px removed and duplicates removed: about 2,000 boxes per PASCAL image.
@@ -71,7 +71,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "color_spaces": ["hsv", "lab"],
     "ks": [50, 100],
     "sigma": 0.8,
-    "min_size": 20,     # px; boxes with width or height below are dropped (SPEC 3)
+    "min_size": 20,     # px; boxes with width or height below are dropped (docs/reference.md §3)
     "max_side": None,   # px; larger images are shrunk for Selective Search, boxes scaled back
     "max_boxes": 2000,  # keep the first boxes of Selective Search's ranking; None keeps all
     "seed": 0,          # seed of the pseudo-random ranking

@@ -1,4 +1,4 @@
-"""Post-hoc class-specific box regression, the "+bb" of R-CNN / SPPnet (SPEC.md section 5).
+"""Post-hoc class-specific box regression, the "+bb" of R-CNN / SPPnet (docs/reference.md §5).
 
 For each class a ridge regression maps a region's pooled conv features (R-CNN: pool5; here any
 features the caller gives, flattened) to the deltas that move the region onto its ground truth:

@@ -1,4 +1,4 @@
-"""Post-hoc stages of the frozen-feature setting, fed from the RoI feature cache (SPEC.md 5).
+"""Post-hoc stages of the frozen-feature setting, fed from the RoI feature cache (docs/reference.md §5).
 
 * SVMs (paper Sec. 3.2): one linear SVM per class on the NoC's second-to-last layer, with
   hard-negative mining over the training images.

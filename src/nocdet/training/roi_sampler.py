@@ -1,4 +1,4 @@
-"""Mini-batches of RoIs from the feature cache (SPPnet / Fast R-CNN sampling, SPEC.md 4).
+"""Mini-batches of RoIs from the feature cache (SPPnet / Fast R-CNN sampling, docs/reference.md §4).
 
 A batch takes ``images_per_batch`` images and ``rois_per_image`` regions from each, at most
 ``fg_fraction`` of them foreground (IoU >= ``fg_iou`` with a ground-truth box, labelled with its

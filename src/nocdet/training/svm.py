@@ -2,7 +2,7 @@
 
 After a NoC is trained, the paper (Sec. 3.2) takes its second-to-last fc layer as a feature of
 each region and trains one linear SVM per class on it, "for a fair comparison" with SPPnet and
-R-CNN, whose recipe this module follows (SPEC.md section 5):
+R-CNN, whose recipe this module follows (docs/reference.md §5):
 
 * positives: the ground-truth boxes of the class (their own features, not proposals);
 * negatives: regions whose IoU with every ground-truth box of the class is below 0.3; regions
@@ -262,7 +262,7 @@ class NegativeCache:
 
 @dataclass
 class SVMConfig:
-    """Numbers of the post-hoc SVMs (defaults: R-CNN / SPPnet, SPEC.md section 5)."""
+    """Numbers of the post-hoc SVMs (defaults: R-CNN / SPPnet, docs/reference.md §5)."""
 
     C: float = 1e-3
     positive_weight: float = 2.0
