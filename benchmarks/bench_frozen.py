@@ -54,7 +54,8 @@ from nocdet.noc.head import NoCHead
 from nocdet.postprocess import detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
-from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head, extract, pathways, proposals_for
+from nocdet.frozen_detector import build_frozen_backbone, build_head
+from nocdet.training.frozen_pipeline import extract, pathways, proposals_for
 from nocdet.training.roi_sampler import RoISampler, SamplingConfig, gather_inputs
 from nocdet.training.svm import LinearSVMs
 

@@ -151,7 +151,7 @@ def tiny_model(path: Path) -> None:
     """A model.pt with random weights (as ``nocdet train`` writes it) for a fast detector."""
     from nocdet.experiment import load_experiment
     from nocdet.training.checkpoint import save_checkpoint
-    from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head
+    from nocdet.frozen_detector import build_frozen_backbone, build_head
 
     cfg = load_experiment(None, [
         "backbone.name=small-zf", "backbone.options={width: 0.25, fc_dim: 32}", "proposals.min_size=8",

@@ -17,7 +17,7 @@ from PIL import Image
 import nocdet.cli as cli
 from nocdet.experiment import load_experiment
 from nocdet.training.checkpoint import save_checkpoint
-from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head
+from nocdet.frozen_detector import build_frozen_backbone, build_head
 
 CLASSES = ["one", "two"]
 

@@ -23,11 +23,10 @@ from nocdet.experiment import ExperimentConfig, load_experiment, load_split
 from nocdet.features.backbones import Backbone, build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
-from nocdet.noc.spec import parse_noc
+from nocdet.noc.init import init_finetune, init_gaussian
 from nocdet.postprocess import PostprocessConfig, detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
-from nocdet.training.checkpoint import load_checkpoint
 from nocdet.training.svm import LinearSVMs
 
 FORMAT = FROZEN_FORMAT
@@ -66,7 +65,7 @@ class FrozenNoCDetector:
         classes = list(state["classes"])
         backbone = build_backbone(cfg.backbone.name, None, **cfg.backbone.options)
         backbone.load_state_dict(state["backbone_state"])
-        head = _new_head(cfg, backbone, len(classes))
+        head = build_head(cfg, backbone, len(classes), initialise=False)
         head.load_state_dict(state["head"])
         svms = LinearSVMs.from_state_dict(state["svms"]) if state.get("svms") else None
         regressor = BoxRegressor.from_state_dict(state["bbox"]) if state.get("bbox") else None
@@ -117,11 +116,29 @@ class FrozenNoCDetector:
                 for sample in tqdm(dataset.samples, desc="detect", unit="img", disable=not progress)]
 
 
-def _new_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:
-    """The (uninitialised) NoC of ``cfg.noc.spec`` on the backbone's pooled features."""
-    spec = parse_noc(cfg.noc.spec).resolve(num_classes)
-    stage_factory = backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
-    return NoCHead(spec, backbone.out_channels, backbone.roi_size, num_classes, stage_factory=stage_factory)
+def build_frozen_backbone(cfg: ExperimentConfig) -> Backbone:
+    """The config's backbone with its weights, frozen (eval mode, no gradients), on ``cfg.device``."""
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **cfg.backbone.options)
+    return backbone.freeze().eval().to(cfg.device)
+
+
+def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int, initialise: bool = True) -> NoCHead:
+    """The NoC of ``cfg.noc.spec`` on the backbone's pooled features (stage tokens reuse the
+    backbone's blocks), initialised as ``cfg.noc`` says, or not (a checkpoint's weights follow)."""
+    head = NoCHead(cfg.noc.spec, backbone.out_channels, backbone.roi_size, num_classes,
+                   stage_factory=backbone.stage).to(cfg.device)
+    if not initialise:
+        return head
+    if cfg.noc.init == "finetune":
+        fc67 = backbone.fc67()
+        if fc67 is None:
+            raise ConfigError(f"noc.init is 'finetune' but backbone {cfg.backbone.name!r} with weights "
+                              f"{cfg.backbone.weights!r} has no pre-trained fc6/fc7; pre-train it "
+                              "(nocdet pretrain) or use noc.init: gaussian")
+        init_finetune(head, fc67[0], fc67[1], cls_std=cfg.noc.cls_std, seed=cfg.seed)
+    else:
+        init_gaussian(head, fc_std=cfg.noc.fc_std, cls_std=cfg.noc.cls_std, seed=cfg.seed)
+    return head
 
 
 def _experiment(config: ExperimentConfig | str | Path | Mapping) -> ExperimentConfig:
@@ -146,7 +163,6 @@ def build_detector(config: ExperimentConfig | str | Path | Mapping, classes: Seq
     0.05) and says so in a warning. Same ``detect``/``predict`` API as a loaded model.
     """
     from nocdet.features.weights import is_imagenet, is_random
-    from nocdet.training.frozen_pipeline import build_frozen_backbone, build_head
 
     cfg = _experiment(config)
     weights = cfg.backbone.weights

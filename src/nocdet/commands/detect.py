@@ -13,7 +13,6 @@ empty when all went well). The exit status is then 1 (0 when every image was pro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 NAME = "detect"

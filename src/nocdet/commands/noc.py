@@ -10,7 +10,7 @@ from nocdet.errors import ConfigError
 NAME = "noc"
 HELP = "describe a NoC architecture: its layers, output shapes, parameters and multiply-adds per RoI"
 
-__all__ = ["NAME", "HELP", "add_arguments", "run", "describe_noc", "parse_input_shape", "format_table"]
+__all__ = ["NAME", "HELP", "add_arguments", "run", "parse_input_shape", "format_table"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from nocdet.config import from_dict
 from nocdet.data.sample import DetectionDataset, Detections
-from nocdet.detector import E2E_FORMAT, ImageLike, Prediction, as_rgb_array, predictions
+from nocdet.detector import ImageLike, Prediction, as_rgb_array, predictions
 from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.data import DetectionImages, collate
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model

@@ -22,43 +22,18 @@ from nocdet.config import dump_yaml
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.errors import ConfigError
 from nocdet.experiment import ExperimentConfig, load_split, load_splits, split_name, split_record
-from nocdet.features.backbones import Backbone, build_backbone
+from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT, build_frozen_backbone, build_head
+from nocdet.features.backbones import Backbone
 from nocdet.features.roi_cache import ExtractionSettings, RoIFeatureCache, build_cache, open_cache, region_slice
 from nocdet.io import atomic_write_json, atomic_write_text
 from nocdet.noc.head import NoCHead
-from nocdet.noc.init import init_finetune, init_gaussian
-from nocdet.noc.spec import parse_noc
 from nocdet.postprocess import detect_from_scores
-from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT
 from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.post_hoc import fit_box_regressor, fit_svms, refine_boxes
 from nocdet.training.svm import LinearSVMs
 from nocdet.training.roi_sampler import gather_inputs
-
-
-def build_frozen_backbone(cfg: ExperimentConfig) -> Backbone:
-    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **cfg.backbone.options)
-    return backbone.freeze().eval().to(cfg.device)
-
-
-def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int) -> NoCHead:
-    """The NoC of ``cfg.noc.spec`` on the backbone's pooled features, initialised as configured."""
-    spec = parse_noc(cfg.noc.spec).resolve(num_classes)
-    stage_factory = backbone.stage if any(layer.kind == "stage" for layer in spec.layers) else None
-    head = NoCHead(spec, backbone.out_channels, backbone.roi_size, num_classes, stage_factory=stage_factory)
-    head.to(cfg.device)
-    if cfg.noc.init == "finetune":
-        fc67 = backbone.fc67()
-        if fc67 is None:
-            raise ConfigError(f"noc.init is 'finetune' but backbone {cfg.backbone.name!r} with weights "
-                              f"{cfg.backbone.weights!r} has no pre-trained fc6/fc7; pre-train it "
-                              "(nocdet pretrain) or use noc.init: gaussian")
-        init_finetune(head, fc67[0], fc67[1], cls_std=cfg.noc.cls_std, seed=cfg.seed)
-    else:
-        init_gaussian(head, fc_std=cfg.noc.fc_std, cls_std=cfg.noc.cls_std, seed=cfg.seed)
-    return head
 
 
 def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, progress: bool) -> dict[str, np.ndarray]:
