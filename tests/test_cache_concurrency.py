@@ -18,21 +18,9 @@ from PIL import Image
 
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cache
+from fakes import FixedTrunk
 
 SETTINGS = ExtractionSettings(scales=[32, 48], include_gt=True, flip=True)
-
-
-class Trunk(torch.nn.Module):
-    out_channels, stride, roi_size = 16, 4, 3
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 16, 4, stride=4)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
 
 
 def dataset(folder: Path) -> tuple[DetectionDataset, dict[str, np.ndarray]]:
@@ -53,7 +41,7 @@ def dataset(folder: Path) -> tuple[DetectionDataset, dict[str, np.ndarray]]:
 def _extract(images: str, root: str, barrier) -> None:
     torch.set_num_threads(1)
     data, proposals = dataset(Path(images))
-    backbone = Trunk()
+    backbone = FixedTrunk(16)
     barrier.wait(120)
     build_cache(root, data, proposals, backbone, "trunk", SETTINGS, progress=False)
 
@@ -74,7 +62,7 @@ def test_two_processes_extracting_one_cache_agree(tmp_path):
         assert p.exitcode == 0
     torch.set_num_threads(1)
     data, proposals = dataset(images)
-    alone = open_cache(build_cache(tmp_path / "alone", data, proposals, Trunk(), "trunk", SETTINGS,
+    alone = open_cache(build_cache(tmp_path / "alone", data, proposals, FixedTrunk(16), "trunk", SETTINGS,
                                    progress=False))
     [folder] = list((tmp_path / "shared").iterdir())
     assert folder.name == alone.path.name  # same key

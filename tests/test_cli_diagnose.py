@@ -12,8 +12,9 @@ from PIL import Image
 
 import nocdet.cli as cli
 from nocdet.data.coco import coco_image_ids, write_coco_instances, write_coco_results
-from nocdet.data.sample import Detections, Sample
-from nocdet.data.voc import read_voc, write_voc_annotation, write_voc_results, write_voc_split
+from nocdet.data.sample import Detections
+from nocdet.data.voc import read_voc, write_voc_results
+from fakes import write_voc
 
 # The real entry point, with only this command registered.
 DRIVER = ("import sys, nocdet.cli as cli; cli.COMMANDS = ['diagnose']; "
@@ -45,18 +46,11 @@ def voc(tmp_path_factory) -> Path:
     """000001: apple (0,0,20,20), pear (40,0,60,20), plum (0,40,20,60).
     000002: apple (0,0,30,30) difficult, apple (50,50,70,70).
     N: apple 2, pear 1, plum 1. Apple and pear are similar (similarity_groups.json)."""
-    root = tmp_path_factory.mktemp("voc") / "VOC2007"
-    (root / "JPEGImages").mkdir(parents=True)
     objects = {
         "000001": [((0, 0, 20, 20), APPLE, False), ((40, 0, 60, 20), PEAR, False), ((0, 40, 20, 60), PLUM, False)],
         "000002": [((0, 0, 30, 30), APPLE, True), ((50, 50, 70, 70), APPLE, False)],
     }
-    for image_id, objs in objects.items():
-        (root / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"")
-        sample = Sample(image_id, root / "JPEGImages" / f"{image_id}.jpg", 80, 80,
-                        [o[0] for o in objs], [o[1] for o in objs], [o[2] for o in objs])
-        write_voc_annotation(root / "Annotations" / f"{image_id}.xml", sample, CLASSES)
-    write_voc_split(root, "test", list(objects))
+    root = write_voc(tmp_path_factory.mktemp("voc") / "VOC2007", objects, CLASSES, size=(80, 80))
     (root / "similarity_groups.json").write_text(json.dumps([["apple", "pear"]]))
     return root
 

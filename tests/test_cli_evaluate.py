@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nocdet.data.sample import Sample
-from nocdet.data.voc import write_voc_annotation, write_voc_split
+from fakes import write_voc
 
 # The real entry point, with only this command registered (so the test does not depend on the
 # other sub-commands).
@@ -32,20 +31,12 @@ def voc(tmp_path_factory) -> Path:
     000002: apple (5,5,20,20), apple (30,30,50,50); pear (1,1,30,30)
     000003: plum (2,2,8,8) difficult
     """
-    root = tmp_path_factory.mktemp("voc") / "VOC2007"
-    (root / "JPEGImages").mkdir(parents=True)
     objects = {
         "000001": [((0, 0, 10, 10), 1, False), ((20, 20, 40, 40), 2, True)],
         "000002": [((4, 4, 20, 20), 1, False), ((29, 29, 50, 50), 1, False), ((0, 0, 30, 30), 2, False)],
         "000003": [((1, 1, 8, 8), 3, True)],
     }
-    for image_id, objs in objects.items():
-        (root / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"")
-        sample = Sample(image_id, root / "JPEGImages" / f"{image_id}.jpg", 60, 60,
-                        [o[0] for o in objs], [o[1] for o in objs], [o[2] for o in objs])
-        write_voc_annotation(root / "Annotations" / f"{image_id}.xml", sample, CLASSES)
-    write_voc_split(root, "test", list(objects))
-    return root
+    return write_voc(tmp_path_factory.mktemp("voc") / "VOC2007", objects, CLASSES, size=(60, 60))
 
 
 def write_results(folder: Path, lines: dict[str, list[str]]) -> Path:

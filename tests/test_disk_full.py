@@ -31,6 +31,7 @@ from nocdet.proposals.selective_search import ProposalCache, compute_proposals, 
 from nocdet.training.checkpoint import load_checkpoint, save_checkpoint
 from nocdet.training.noc_trainer import SolverConfig, train_noc
 from nocdet.training.roi_sampler import SamplingConfig
+from fakes import FixedTrunk
 
 NO_SPACE = r"No space left on device"
 SS_SETTINGS = {"min_size": 10, "max_boxes": None, "color_spaces": ["hsv"], "ks": [100]}
@@ -140,21 +141,6 @@ def test_checkpoint_on_a_simulated_full_disk(tmp_path, monkeypatch, where):
 
 # ------------------------------------------------------------------------------ RoI feature cache
 
-class WideBackbone(torch.nn.Module):
-    """A fixed stride-4 trunk with 64 channels: 4 KB of features per region (2 pathways of 64 x 4 x 4 fp16)."""
-
-    out_channels, stride, roi_size = 64, 4, 4
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 64, 4, stride=4)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
-
-
 def roi_data(folder: Path, images: int, per_image: int) -> tuple[DetectionDataset, dict[str, np.ndarray]]:
     rng = np.random.default_rng(images)
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,8 +156,9 @@ def roi_data(folder: Path, images: int, per_image: int) -> tuple[DetectionDatase
 
 
 def build(root: Path, data) -> Path:
-    return build_cache(root, *data, WideBackbone(), "wide", ExtractionSettings(scales=[32, 48], include_gt=True),
-                       progress=False)
+    # 64 channels, 4 x 4 RoIs: 4 KB of features per region (2 pathways of 64 x 4 x 4 fp16)
+    return build_cache(root, *data, FixedTrunk(64, roi_size=4), "wide",
+                       ExtractionSettings(scales=[32, 48], include_gt=True), progress=False)
 
 
 def check_failed_build(root: Path, data, earlier: Path, expected_regions: int, match: str) -> None:

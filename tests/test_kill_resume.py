@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from nocdet.data.sample import DetectionDataset, Sample
-from nocdet.data.voc import write_voc_annotation, write_voc_split
 from nocdet.features.roi_cache import ExtractionSettings, build_cache
 from nocdet.training.checkpoint import load_checkpoint
+from fakes import FixedTrunk, write_voc
 
 ITERATIONS = 120
 NOC = "f256-f256-f3"  # ~0.8 MB of weights + momentum: each checkpoint is a real write
@@ -116,19 +116,6 @@ def zygote(tmp_path_factory):
     z.close()
 
 
-class Backbone(torch.nn.Module):
-    out_channels, stride, roi_size = 8, 4, 3
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 4, stride=4)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
-
-
 def small_cache(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     samples, proposals = [], {}
@@ -139,12 +126,13 @@ def small_cache(tmp_path: Path) -> Path:
                               [1, 2], [False, False]))
         proposals[str(i)] = (rng.uniform(0, 30, (20, 4)) + [0, 0, 8, 8]).clip(max=[64, 48, 64, 48]).astype(np.float32)
         proposals[str(i)][:, 2:] = np.maximum(proposals[str(i)][:, 2:], proposals[str(i)][:, :2] + 4)
-    return build_cache(tmp_path / "cache", DetectionDataset(["a", "b"], samples, "toy"), proposals, Backbone(),
+    return build_cache(tmp_path / "cache", DetectionDataset(["a", "b"], samples, "toy"), proposals, FixedTrunk(8),
                        "tiny", ExtractionSettings(scales=[32, 48]), progress=False)
 
 
 def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    """Temporary files left in ``folder`` (none when a kill came before the folder was made)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) if folder.exists() else []
 
 
 def kill_and_resume(zygote: Zygote, job: dict, checkpoint: Path, progress_key: str, kills: int, seed: int,
@@ -198,23 +186,19 @@ def test_noc_training_survives_repeated_sigkill(tmp_path, zygote):
 def _shapes(root: Path) -> None:
     """A tiny VOC set: white squares ("block") and outlines ("frame") on dark noise."""
     rng = np.random.default_rng(3)
-    ids = [f"{i:04d}" for i in range(12)]
-    for image_id in ids:
+    images, objects = {}, {}
+    for image_id in (f"{i:04d}" for i in range(12)):
         image = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        boxes, labels = [], []
+        objects[image_id] = []
         for label, x in ((1, 4), (2, 36)):
             side, y = int(rng.integers(14, 22)), int(rng.integers(2, 40))
             image[y:y + side, x:x + side] = 230
             if label == 2:
                 image[y + 4:y + side - 4, x + 4:x + side - 4] = 20
-            boxes.append((x, y, x + side, y + side))
-            labels.append(label)
-        path = root / "JPEGImages" / f"{image_id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
-        write_voc_annotation(root / "Annotations" / f"{image_id}.xml",
-                             Sample(image_id, path, 64, 64, boxes, labels, [False, False]), ["block", "frame"])
-    write_voc_split(root, "train", ids)
+            objects[image_id].append(((x, y, x + side, y + side), label, False))
+        images[image_id] = image
+    write_voc(root, objects, ["block", "frame"], size=(64, 64), split="train", ext="png",
+              image=lambda image_id, *_: images[image_id])
 
 
 @pytest.mark.slow

@@ -15,25 +15,9 @@ from nocdet.features.roi_cache import ExtractionSettings, build_cache, image_ten
 from nocdet.noc.head import NoCHead
 from nocdet.training.noc_trainer import SolverConfig, train_noc
 from nocdet.training.roi_sampler import SamplingConfig
+from fakes import FixedTrunk
 
 SCALES = [32, 48, 64]  # factors 2/3, 1, 4/3 of the 48-px shorter side
-
-
-class TinyBackbone(torch.nn.Module):
-    """A fixed stride-4 conv net (kernel 4, no padding) standing in for a frozen trunk."""
-
-    out_channels, stride, roi_size = 4, 4, 3
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-    def __init__(self, relu: bool = True):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 4, stride=4)
-        self.relu = relu
-
-    def forward(self, x):
-        y = self.conv(x)
-        return torch.relu(y) if self.relu else y
 
 
 def random_boxes(rng: np.random.Generator, n: int, width: int = 64, height: int = 48) -> np.ndarray:
@@ -57,7 +41,7 @@ def make_dataset(tmp_path, n=3, boxes_per_image=40):
 def extract(tmp_path, dataset, proposals, store, pool="max", backbone=None, scales=SCALES):
     # a small target area spreads these small boxes over all levels and pairs
     settings = ExtractionSettings(scales=scales, pool_mode=pool, flip=True, target_area=12.0 * 12.0, store=store)
-    return build_cache(tmp_path / "cache", dataset, proposals, backbone or TinyBackbone(), "tiny", settings,
+    return build_cache(tmp_path / "cache", dataset, proposals, backbone or FixedTrunk(), "tiny", settings,
                        progress=False)
 
 
@@ -98,7 +82,7 @@ def test_maps_file_holds_the_backbone_maps_of_every_level(both_max):
     shard = maps.shards[0]
     folder = maps.path / "shard-00000-of-00001"
     flat = np.load(folder / MAPS_FILE)
-    backbone = TinyBackbone()
+    backbone = FixedTrunk()
     image = 1  # the second image of the shard: sample "0" flipped
     assert shard.image_ids[image] == "0" and shard.flipped[image]
     x = image_tensor(maps.path.parent.parent / "0.png", backbone.mean, backbone.std, flip=True)
@@ -115,7 +99,7 @@ def test_maps_file_holds_the_backbone_maps_of_every_level(both_max):
 
 def test_maps_store_agrees_with_pooled_store_for_roi_align(tmp_path):
     dataset, proposals = make_dataset(tmp_path, n=2)
-    backbone = TinyBackbone(relu=False)  # signed features: interpolation rounding of both signs
+    backbone = FixedTrunk(relu=False)  # signed features: interpolation rounding of both signs
     pooled = open_cache(extract(tmp_path, dataset, proposals, "pooled", "align", backbone)).shards[0].features
     maps = open_cache(extract(tmp_path, dataset, proposals, "maps", "align", backbone)).shards[0].features
     for name, key in index_cases(len(pooled)).items():
@@ -222,5 +206,5 @@ def test_config_cache_option(monkeypatch, tmp_path):
     monkeypatch.setattr(frozen_pipeline, "build_cache", lambda *args, **kw: seen.setdefault("settings", args[5]))
     monkeypatch.setattr(frozen_pipeline, "open_cache", lambda folder: folder)
     cfg = load_config(ExperimentConfig, None, ["pyramid.cache=maps", f"cache_dir={tmp_path}"])
-    frozen_pipeline.extract(cfg, TinyBackbone(), None, "train", True, False)
+    frozen_pipeline.extract(cfg, FixedTrunk(), None, "train", True, False)
     assert seen["settings"].store == "maps"

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from nocdet.data.sample import Detections, Sample
-from nocdet.data.voc import VOCClassResults, write_voc_annotation, write_voc_results, write_voc_split
+from nocdet.data.voc import VOCClassResults, write_voc_results
 from nocdet.errors import DataError, NocdetError
 from nocdet.viz.report import (ImageScore, detections_from_voc_results, pick_examples, read_log, read_run,
                                score_image, write_report)
+from fakes import write_voc
 
 CLASSES = ["apple", "pear", "plum"]
 APPLE, PEAR, PLUM = 1, 2, 3
@@ -63,18 +64,14 @@ CONFIG = "model:\n  noc: c64-c64-f512-f512-f11\n  note: <b>not html</b>\n"
 def make_voc(root: Path) -> Path:
     """The four test images (noise with the objects painted in) as a VOC folder."""
     rng = np.random.default_rng(0)
-    (root / "JPEGImages").mkdir(parents=True)
     paint = {APPLE: (220, 40, 40), PEAR: (90, 200, 60), PLUM: (120, 50, 160)}
-    for image_id, (w, h, objects) in OBJECTS.items():
-        pixels = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
+
+    def pixels(image_id: str, w: int, h: int, objects) -> np.ndarray:
+        image = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
         for (x1, y1, x2, y2), label, _ in objects:
-            pixels[y1:y2, x1:x2] = paint[label]
-        Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
-        sample = Sample(image_id, root / "JPEGImages" / f"{image_id}.jpg", w, h,
-                        [o[0] for o in objects], [o[1] for o in objects], [o[2] for o in objects])
-        write_voc_annotation(root / "Annotations" / f"{image_id}.xml", sample, CLASSES)
-    write_voc_split(root, "test", list(OBJECTS))
-    return root
+            image[y1:y2, x1:x2] = paint[label]
+        return image
+    return write_voc(root, OBJECTS, CLASSES, image=pixels)
 
 
 def make_run(run_dir: Path, voc_root: Path, name: str, voc07: dict | None = None) -> Path:

@@ -13,21 +13,7 @@ from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cach
 from nocdet.noc.head import NoCHead
 from nocdet.training.noc_trainer import SolverConfig, learning_rate, train_noc
 from nocdet.training.roi_sampler import RoISampler, SamplingConfig
-
-
-class TinyBackbone(torch.nn.Module):
-    """A fixed stride-4 conv net standing in for a frozen pre-trained trunk."""
-
-    out_channels, stride, roi_size = 4, 4, 3
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 4, stride=4)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
+from fakes import FixedTrunk
 
 
 def make_dataset(tmp_path, n=4):
@@ -45,7 +31,7 @@ def make_dataset(tmp_path, n=4):
 
 def test_cache_content_matches_direct_pooling(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
-    backbone = TinyBackbone()
+    backbone = FixedTrunk()
     settings = ExtractionSettings(scales=[48], include_gt=True)
     cache = open_cache(build_cache(tmp_path / "cache", dataset, proposals, backbone, "tiny", settings,
                                    progress=False))
@@ -72,26 +58,26 @@ def test_cache_content_matches_direct_pooling(tmp_path):
 def test_cache_reused_and_partial_shard_rebuilt(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
     settings = ExtractionSettings(scales=[32, 48])
-    folder = build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny", settings, progress=False)
+    folder = build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny", settings, progress=False)
     done = next(folder.glob("*.done.json"))
     stamp = done.stat().st_mtime_ns
-    assert build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny", settings, progress=False) == folder
+    assert build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny", settings, progress=False) == folder
     assert done.stat().st_mtime_ns == stamp
     cache = open_cache(folder)
     assert cache.num_pathways == 2
     # other settings: another key
-    other = build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+    other = build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny",
                         ExtractionSettings(scales=[48]), progress=False)
     assert other != folder
     # the same weights cut at another layer (another stride, other channels): another key
-    deeper = TinyBackbone()
+    deeper = FixedTrunk()
     deeper.stride, deeper.out_channels = 8, 8
     assert build_cache(tmp_path / "c", dataset, proposals, deeper, "tiny", settings, progress=False) != folder
     # a killed extraction (no done marker) is never opened
     done.unlink()
     with pytest.raises(DataError, match="incomplete|no finished shard"):
         open_cache(folder)
-    build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny", settings, progress=False)
+    build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny", settings, progress=False)
     assert open_cache(folder).num_regions == cache.num_regions
 
 
@@ -99,7 +85,7 @@ def test_two_rank_shards_cover_every_image(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
     settings = ExtractionSettings(scales=[48])
     for rank in range(2):
-        folder = build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny", settings,
+        folder = build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny", settings,
                              rank=rank, world_size=2, progress=False)
     cache = open_cache(folder)
     assert sorted(i for s in cache.shards for i in s.image_ids) == ["0", "1", "2", "3"]
@@ -107,7 +93,7 @@ def test_two_rank_shards_cover_every_image(tmp_path):
 
 def test_sampler_respects_fg_fraction_and_bands(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
-    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny",
                                    ExtractionSettings(scales=[48]), progress=False))
     cfg = SamplingConfig(images_per_batch=2, rois_per_image=4, fg_fraction=0.25, bg_iou_lo=0.0)
     batch = RoISampler(cache, cfg, seed=0, pathways="best").next()
@@ -130,7 +116,7 @@ def _train(tmp_path, cache, iterations, resume=False, out="run"):
 
 def test_resume_continues_exactly(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
-    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny",
                                    ExtractionSettings(scales=[32, 48]), progress=False))
     straight, _ = _train(tmp_path, cache, 6, out="straight")
     _train(tmp_path, cache, 4, out="split")  # checkpoint at iteration 4
@@ -146,7 +132,7 @@ def test_resume_after_a_kill_between_checkpoints_logs_each_iteration_once(tmp_pa
     """Killed after logging iteration 5 (checkpoint at 4, half a line written): the resumed run
     logs 5 and 6 again, so the log is cut back to 4 first, not appended to."""
     dataset, proposals = make_dataset(tmp_path)
-    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny",
                                    ExtractionSettings(scales=[32, 48]), progress=False))
     _train(tmp_path, cache, 4, out="run")
     with (tmp_path / "run" / "log.jsonl").open("a") as log:
@@ -166,7 +152,7 @@ def test_lr_schedule():
 
 def test_non_finite_loss_stops_with_iteration(tmp_path):
     dataset, proposals = make_dataset(tmp_path)
-    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, TinyBackbone(), "tiny",
+    cache = open_cache(build_cache(tmp_path / "c", dataset, proposals, FixedTrunk(), "tiny",
                                    ExtractionSettings(scales=[48]), progress=False))
     head = NoCHead("f16-f3", in_channels=4, roi_size=3)
     with torch.no_grad():
