@@ -76,6 +76,15 @@ def test_train_command_runs_an_e2e_config_end_to_end(data, tmp_path):
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["voc07"]["mAP"] == pytest.approx(metrics["voc07"]["mAP"], abs=1e-9)
     assert json.loads((tmp_path / "drawn" / "failed.json").read_text()) == []
+    # the report reads the end-to-end run as it reads a frozen one: losses, PR curves, diagnosis
+    from nocdet.viz.report import loss_points, read_run
+
+    report_run = read_run(run)
+    assert loss_points(report_run, "loss") and loss_points(report_run, "val_loss")
+    assert report_run.diagnosis is not None and report_run.dataset is not None and report_run.results
+    done = subprocess.run([sys.executable, "-m", "nocdet", "report", str(run), "--out", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     export = subprocess.run([sys.executable, "-m", "nocdet", "export", "--checkpoint", str(run / "model.pt"),
                              "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
     assert export.returncode == 2 and "is an end-to-end detector" in export.stderr

@@ -265,11 +265,18 @@ def _picture_uri(run: Run, sample: Sample, dets: Detections) -> str:
     return _data_uri(buffer.getvalue(), "image/jpeg")
 
 
+def loss_points(run: Run, key: str) -> list[tuple[int, float]]:
+    """``(iteration, value)`` of ``key`` (``loss`` or ``val_loss``) in a run's log; runs logged
+    before both settings wrote these keys carry ``loss_cls`` / ``val_loss_cls``."""
+    values = ((r.get("iteration"), r.get(key, r.get(key + "_cls"))) for r in run.log)
+    return [(i, v) for i, v in values if isinstance(i, int) and isinstance(v, (int, float))]
+
+
 def training_curves_uri(runs: Sequence[Run]) -> str | None:
     """Training loss (solid) and validation loss (dashed) against iteration, one colour a run.
 
     Both settings log ``loss`` / ``val_loss``: the whole objective (the NoC's classification loss in
-    the frozen setting; RPN + NoC losses end to end). Runs logged before that carry ``loss_cls``."""
+    the frozen setting; RPN + NoC losses end to end); see :func:`loss_points`."""
     if not any(r.log for r in runs):
         return None
     fig = Figure(figsize=(11, 3.8))  # a bare Figure: no pyplot state, safe in any thread
@@ -277,8 +284,7 @@ def training_curves_uri(runs: Sequence[Run]) -> str | None:
     for k, run in enumerate(runs):
         colour = f"C{k % 10}"
         for key, style, label in (("loss", "-", "train"), ("val_loss", "--", "validation")):
-            points = [(r["iteration"], r.get(key, r.get(key + "_cls"))) for r in run.log
-                      if isinstance(r.get(key, r.get(key + "_cls")), (int, float))]
+            points = loss_points(run, key)
             if points:
                 x, y = zip(*points)
                 loss_ax.plot(x, y, style, color=colour, marker="o" if len(points) < 20 else None,
