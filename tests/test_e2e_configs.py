@@ -22,6 +22,7 @@ E2E = CONFIGS / "e2e"
 EXPERIMENTS = sorted(p for p in E2E.rglob("*.yaml") if p.parent.name != "base")
 PAPER = sorted((E2E / "paper").glob("*.yaml"))
 TWINS = sorted((E2E / "scene_digits").glob("table8_*.yaml"))
+LITE0 = sorted((E2E / "scene_digits" / "lite0").glob("table8_*.yaml"))  # the twins with the Lite0 trunk
 
 # Table 8 (COCO val, trained on train): backbone, variant (where the RoIs are pooled), NoC, from
 # the paper's text ("Naive Faster R-CNN", "Using MLP as NoC", "Using ConvNet as NoC").
@@ -93,6 +94,50 @@ def test_scene_digits_twins_build_for_real(path):
     assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[cfg.model.backbone.variant]
     # 7 x 7 RoIs everywhere: the conv NoC keeps res5 at stride 1 on the CPU (configs/e2e/README.md)
     assert model.roi_heads.pooling.size == 7 and cfg.model.noc.stage_stride == 1
+
+
+@pytest.mark.parametrize("path", LITE0, ids=rel)
+def test_lite0_twins_build_for_real(path):
+    cfg = load_e2e_experiment(path)
+    model = build_e2e_model(cfg.model, 10, pretrained=False)
+    variant = cfg.model.backbone.variant
+    assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[variant]
+    assert model.backbone.out_channels == {"naive": 1280, "atrous": 1280, "c4": 112}[variant]
+    # the conv NoC pools 14 x 14 from stage 6 and eff7a halves it (stage_stride 2, configs/e2e/README.md)
+    assert cfg.model.noc.stage_stride == 2
+    assert model.roi_heads.pooling.size == (14 if variant == "c4" else 7)
+
+
+def test_lite0_twins_differ_only_in_trunk_variant_and_noc():
+    """The four Table 8 rows with the ImageNet EfficientNet-Lite0 trunk: one trunk and one schedule,
+    the data, sizes, RPN, sampling and inference of the small-resnet twins."""
+    rows = {p.stem: load_e2e_experiment(p) for p in LITE0}
+    assert {k: (c.model.backbone.variant, c.model.noc.spec) for k, c in rows.items()} == {
+        "table8_naive_1fc": ("naive", "fcn+1"),
+        "table8_atrous_1fc": ("atrous", "fcn+1"),
+        "table8_atrous_3fc": ("atrous", "fc512, fc512, fcn+1"),
+        "table8_conv_noc": ("c4", "eff7a,7b,7c,7d,8a,9a, fcn+1"),
+    }
+
+    def rest(cfg: E2EExperimentConfig) -> dict:
+        d = to_dict(cfg)
+        del d["name"], d["model"]["backbone"]["variant"], d["model"]["noc"]["spec"]
+        return d
+
+    first, *others = rows.values()
+    assert all(rest(c) == rest(first) for c in others)
+    m = first.model
+    assert (m.backbone.name, m.backbone.weights, m.noc.init) == ("efficientnet-lite0", "imagenet", "gaussian")
+    assert m.backbone.options["frozen_bn"] is True
+    twin = to_dict(load_e2e_experiment(E2E / "scene_digits" / "base.yaml"))
+    lite = to_dict(first)
+    assert lite["data"] == twin["data"]
+    for section in ("transform", "rpn", "sampling", "test", "roi"):
+        assert lite["model"][section] == twin["model"][section], section
+    s = first.solver
+    # the twins' lr and step fractions (6000/8000, 7300/8000) on a shorter schedule
+    assert [step / s.iterations for step in s.lr_steps] == pytest.approx([0.75, 0.9125], abs=0.005)
+    assert (s.lr, s.images_per_batch, s.flip) == (0.01, 2, False)
 
 
 def test_the_paper_folder_holds_the_rows_of_tables_8_and_9():
@@ -178,7 +223,7 @@ def test_overrides_and_their_errors(tmp_path):
         "model.noc.spec=c64-mo-c64-fn+1": "maxout",
         "model.backbone.variant=naive": "use variant 'c4'",
         "model.backbone.options.upto=res5": "set model.backbone.variant",
-        "model.noc.init=finetune": "does not have",
+        "model.noc.init=finetune": "has no fc6/fc7 layers",
         "model.sampling.bg_iou_lo=0.6": "bg_iou_lo < bg_iou_hi",
         "model.noc.stage_stride=3": "stage_stride must be 1 or 2",
         "solver.iterations=0": "iterations must be >= 1",

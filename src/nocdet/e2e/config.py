@@ -16,23 +16,21 @@ from nocdet.config import load_config, load_yaml
 from nocdet.e2e.solver import E2ESolverConfig
 from nocdet.errors import ConfigError
 from nocdet.experiment import DataConfig
+from nocdet.features.registry import REGISTRY, check_finetune_init, entry
 from nocdet.noc.spec import parse_noc
 
 DETECTOR = "faster-rcnn"
 DETECTOR_KEY = "detector"
 
-#: backbones whose conv trunk ends with pre-trained fc6/fc7 (the fine-tune init of Sec. 3.4)
-FC67_BACKBONES = ("zf", "vgg16", "vgg19", "small-zf")
-#: backbones with the three trunk variants of Table 8 (the others only have "naive")
-VARIANT_BACKBONES = ("resnet50", "resnet101", "small-resnet", "googlenet")
 
 
 @dataclass
 class E2EBackboneConfig:
     """The shared trunk. ``variant`` (paper Table 8): ``c4`` pools RoIs from the stride-16 map
-    before the last stage (res4 / inc4d) so that the last stage can be the NoC; ``naive`` pools
-    after the last conv layer (res5c / inc5b: stride 32; conv5_3 for VGG: stride 16); ``atrous``
-    pools after the last stage with its stride removed and its convs dilated (stride 16)."""
+    before the last stage (res4 / inc4d / EfficientNet-Lite stage 6) so that the last stage can be
+    the NoC; ``naive`` pools after the last conv layer (res5c / inc5b / the EfficientNet head conv:
+    stride 32; conv5_3 for VGG: stride 16); ``atrous`` pools after the last stage with its stride
+    removed and its convs dilated (stride 16)."""
 
     name: str = "small-resnet"
     weights: str | None = None  # None/"random", "imagenet[:ENUM]" or a checkpoint path
@@ -80,8 +78,9 @@ class RoIConfig:
 
 @dataclass
 class E2ENoCConfig:
-    """The NoC string (paper notation) and its init. ``stage_stride`` 2: res5a halves the pooled
-    map (pool 14 x 14, work at 7 x 7); 1: no stride in the stage (pool 7 x 7); ResNets only."""
+    """The NoC string (paper notation) and its init. ``stage_stride`` 2: res5a (eff7a) halves the
+    pooled map (pool 14 x 14, work at 7 x 7); 1: no stride in the stage (pool 7 x 7); ResNets and
+    EfficientNet-Lite only."""
 
     spec: str = "res5a,5b,5c, fcn+1"
     init: Literal["gaussian", "finetune"] = "gaussian"
@@ -131,10 +130,11 @@ class E2EModelConfig:
         if set_by_variant:
             raise ConfigError(f"model.backbone.options {set_by_variant}: set model.backbone.variant "
                               f"(c4, naive, atrous) instead")
-        if b.variant != "naive" and b.name not in VARIANT_BACKBONES:
+        if b.variant not in entry(b.name).variants:
+            with_variants = [n for n, e in REGISTRY.items() if b.variant in e.variants]
             raise ConfigError(f"model.backbone.variant {b.variant!r}: backbone {b.name!r} has one trunk, "
                               f"its last conv layer; use variant 'naive' (variants c4/atrous: "
-                              f"{', '.join(VARIANT_BACKBONES)})")
+                              f"{', '.join(with_variants)})")
         spec = parse_noc(noc.spec)
         if spec.has_maxout:
             raise ConfigError(f"model.noc.spec {noc.spec!r}: a maxout NoC takes two pyramid scales per "
@@ -146,10 +146,10 @@ class E2EModelConfig:
         if noc.stage_stride not in (1, 2):
             raise ConfigError(f"model.noc.stage_stride must be 1 or 2, got {noc.stage_stride}")
         if noc.stage_stride == 1 and b.name == "googlenet":
-            raise ConfigError("model.noc.stage_stride 1 is for ResNets; GoogLeNet's inc5a keeps maxpool4")
-        if noc.init == "finetune" and b.name not in FC67_BACKBONES:
-            raise ConfigError(f"model.noc.init 'finetune' copies fc6/fc7, which {b.name!r} does not have "
-                              f"(only {', '.join(FC67_BACKBONES)}); use 'gaussian'")
+            raise ConfigError("model.noc.stage_stride 1 is for ResNets and EfficientNet-Lite; GoogLeNet's "
+                              "inc5a keeps maxpool4")
+        if noc.init == "finetune":
+            check_finetune_init(b.name, "model.noc.init")
         return self
 
 

@@ -1,13 +1,15 @@
 """The shared trunk of the end-to-end detector: a config's backbone ``variant`` (paper Table 8)
 turned into a :class:`~nocdet.features.backbones.Backbone`, and the stage factory of a conv NoC.
 
-- ``c4``: trunk to res4 (ResNet) or inc4d (GoogLeNet), stride 16; the last stage is left to the NoC
-  (``res5a,5b,5c``, ``inc4e,5a,5b``), shared with the backbone through ``Backbone.stage``.
-- ``naive``: RoI pooling after the last conv layer: res5c / inc5b (stride 32), conv5_3 (VGG, 16).
+- ``c4``: trunk to res4 (ResNet), inc4d (GoogLeNet) or stage 6 (EfficientNet-Lite, ``upto="eff6"``),
+  stride 16; the last stage is left to the NoC (``res5a,5b,5c``, ``inc4e,5a,5b``,
+  ``eff7a,7b,7c,7d,8a,9a``), shared with the backbone through ``Backbone.stage``.
+- ``naive``: RoI pooling after the last conv layer: res5c / inc5b / EfficientNet-Lite's 1x1 head
+  conv (stride 32), conv5_3 (VGG, 16).
 - ``atrous``: the last stage in the trunk with its stride-2 operation set to stride 1 and every
-  later 3x3 operation dilated by 2 ("algorithme a trous"), stride 16. ResNets get it from
-  ``build_backbone(..., atrous=True)``; GoogLeNet's is made here (:func:`make_googlenet_atrous`),
-  as ``backbones.py`` has no such option.
+  later 3x3 operation dilated by 2 ("algorithme a trous"), stride 16. ResNets and EfficientNet-Lite
+  (its stages 7-8 depthwise convs) get it from ``build_backbone(..., atrous=True)``; GoogLeNet's
+  is made here (:func:`make_googlenet_atrous`), as ``backbones.py`` has no such option.
 """
 from __future__ import annotations
 
@@ -17,25 +19,17 @@ from torch import nn
 
 from nocdet.e2e.config import E2EBackboneConfig
 from nocdet.errors import ConfigError
-from nocdet.features.backbones import Backbone, GoogLeNetBackbone, ResNetLike, build_backbone
+from nocdet.features.backbones import Backbone, GoogLeNetBackbone, ResNetLike
+from nocdet.features.efficientnet import EfficientNetLiteBackbone
+from nocdet.features.registry import build_backbone, variant_options
 
 StageFactory = Callable[[list[str], int], tuple[nn.Module, int]]
-
-
-def _variant_options(name: str, variant: str) -> dict[str, object]:
-    if name == "googlenet":
-        return {"upto": "inc4d" if variant == "c4" else "inc5b"}
-    if name in ("resnet50", "resnet101", "small-resnet"):
-        return {"c4": {"upto": "res4"}, "naive": {"upto": "res5"}, "atrous": {"atrous": True}}[variant]
-    if variant != "naive":
-        raise ConfigError(f"backbone {name!r} has no {variant!r} variant; use 'naive'")
-    return {}
 
 
 def build_trunk(cfg: E2EBackboneConfig, pretrained: bool = True) -> Backbone:
     """The backbone of ``cfg`` in its variant; ``pretrained=False`` skips ``cfg.weights`` (a model
     restored from a checkpoint gets its weights from the checkpoint)."""
-    options = {**cfg.options, **_variant_options(cfg.name, cfg.variant)}
+    options = {**cfg.options, **variant_options(cfg.name, cfg.variant)}
     backbone = build_backbone(cfg.name, cfg.weights if pretrained else None, **options)
     if cfg.name == "googlenet" and cfg.variant == "atrous":
         make_googlenet_atrous(backbone)
@@ -64,12 +58,14 @@ def make_googlenet_atrous(backbone: GoogLeNetBackbone, dilation: int = 2) -> Goo
 def stage_factory(backbone: Backbone, stride: int) -> StageFactory:
     """The NoC head's stage factory: the backbone's own last-stage blocks (shared, pre-trained).
 
-    ``stride=1`` removes res5a's stride (the blocks are the NoC's alone in the c4 variant)."""
+    ``stride=1`` removes res5a's (eff7a's) stride (the blocks are the NoC's alone in the c4
+    variant). EfficientNet-Lite's ``Conv2dSame`` is a Conv2d whose forward reads ``self.stride``:
+    at stride 1 it pads symmetrically, so the map keeps its size as ResNet's padded convs do."""
     def factory(names: list[str], in_channels: int) -> tuple[nn.Module, int]:
         module, out_channels = backbone.stage(names, in_channels)
         if stride == 1:
-            if not isinstance(backbone, ResNetLike):
-                raise ConfigError(f"stage stride 1 is for ResNets, not {backbone.name!r}")
+            if not isinstance(backbone, (ResNetLike, EfficientNetLiteBackbone)):
+                raise ConfigError(f"stage stride 1 is for ResNets and EfficientNet-Lite, not {backbone.name!r}")
             for m in module.modules():
                 if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
                     m.stride = (1, 1)
