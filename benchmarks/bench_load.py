@@ -120,7 +120,7 @@ def stage_cache(args: argparse.Namespace) -> dict:
     import torch
 
     from nocdet.data.voc import read_voc
-    from nocdet.features.backbones import build_backbone
+    from nocdet.features.registry import build_backbone
     from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cache
 
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from nocdet.errors import ConfigError, SpecError
-from nocdet.features.backbones import BACKBONE_NAMES, WithinChannelLRN, backbone_options, build_backbone
+from nocdet.features.backbones import WithinChannelLRN
+from nocdet.features.registry import BACKBONE_NAMES, backbone_options, build_backbone
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:

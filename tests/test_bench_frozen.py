@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from nocdet.data.sample import DetectionDataset, Sample
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cache
 from nocdet.training.roi_sampler import SamplingConfig
 

