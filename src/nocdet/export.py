@@ -41,8 +41,9 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from nocdet.boxes import decode_deltas
-from nocdet.detector import ImageLike, as_rgb_array, load
+from nocdet.detector import load
 from nocdet.frozen_detector import FrozenNoCDetector
+from nocdet.prediction import ImageLike, as_rgb_array
 from nocdet.errors import ConfigError, DataError
 from nocdet.export_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from nocdet.features.pyramid import select_adjacent_pair, select_scale

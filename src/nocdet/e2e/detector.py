@@ -10,11 +10,13 @@ from tqdm import tqdm
 
 from nocdet.config import from_dict
 from nocdet.data.sample import DetectionDataset, Detections
-from nocdet.detector import ImageLike, Prediction, as_rgb_array, predictions
 from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.data import DetectionImages, collate
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model
 from nocdet.errors import ConfigError
+from nocdet.prediction import ImageLike, Prediction, as_rgb_array, predictions
+
+FORMAT = "nocdet-e2e-detector"
 
 
 class E2EDetector:

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from nocdet.config import dump_yaml
-from nocdet.detector import E2E_FORMAT
 from nocdet.e2e.config import E2EExperimentConfig
-from nocdet.e2e.detector import E2EDetector
+from nocdet.e2e.detector import FORMAT as E2E_FORMAT, E2EDetector
 from nocdet.e2e.model import build_e2e_model
 from nocdet.e2e.trainer import train_detector
 from nocdet.experiment import load_split, load_splits, split_name, split_record
