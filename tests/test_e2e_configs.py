@@ -108,6 +108,13 @@ def test_lite0_twins_build_for_real(path):
     assert model.roi_heads.pooling.size == (14 if variant == "c4" else 7)
 
 
+def beyond_variant_and_noc(cfg: E2EExperimentConfig) -> dict:
+    """A config without what Table 8's rows vary: its name, trunk variant and NoC string."""
+    d = to_dict(cfg)
+    del d["name"], d["model"]["backbone"]["variant"], d["model"]["noc"]["spec"]
+    return d
+
+
 def test_lite0_twins_differ_only_in_trunk_variant_and_noc():
     """The four Table 8 rows with the ImageNet EfficientNet-Lite0 trunk: one trunk and one schedule,
     the data, sizes, RPN, sampling and inference of the small-resnet twins."""
@@ -119,13 +126,8 @@ def test_lite0_twins_differ_only_in_trunk_variant_and_noc():
         "table8_conv_noc": ("c4", "eff7a,7b,7c,7d,8a,9a, fcn+1"),
     }
 
-    def rest(cfg: E2EExperimentConfig) -> dict:
-        d = to_dict(cfg)
-        del d["name"], d["model"]["backbone"]["variant"], d["model"]["noc"]["spec"]
-        return d
-
     first, *others = rows.values()
-    assert all(rest(c) == rest(first) for c in others)
+    assert all(beyond_variant_and_noc(c) == beyond_variant_and_noc(first) for c in others)
     m = first.model
     assert (m.backbone.name, m.backbone.weights, m.noc.init) == ("efficientnet-lite0", "imagenet", "gaussian")
     assert m.backbone.options["frozen_bn"] is True
@@ -186,13 +188,8 @@ def test_scene_digits_twins_differ_only_in_trunk_variant_and_noc():
         "table8_conv_noc": ("c4", "res5a,5b, fcn+1"),
     }
 
-    def rest(cfg: E2EExperimentConfig) -> dict:
-        d = to_dict(cfg)
-        del d["name"], d["model"]["backbone"]["variant"], d["model"]["noc"]["spec"]
-        return d
-
     first, *others = rows.values()
-    assert all(rest(c) == rest(first) for c in others)
+    assert all(beyond_variant_and_noc(c) == beyond_variant_and_noc(first) for c in others)
     m = first.model
     assert m.backbone.name == "small-resnet" and m.backbone.weights == "runs/pretrain/small-resnet.pt"
     assert first.data.root == "data/scene-digits" and first.solver.flip is False
