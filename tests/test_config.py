@@ -119,3 +119,53 @@ def test_split_names_and_records_follow_the_split_not_the_default_root(tmp_path)
     assert split_name(coco, split) == "test"  # never a path in a result file name
     assert split_record(coco, split)["images"] == str(tmp_path / "images")
     assert split_name(coco, f"{tmp_path}/mine.json:{tmp_path}/images") == "mine"
+
+
+@pytest.mark.parametrize("base", ["5", "[tiny.yaml, null]", "{a: 1}", "''"])
+def test_a_malformed_base_is_a_config_error(tmp_path, base):
+    (tmp_path / "tiny.yaml").write_text("seed: 1\n")
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"_base_: {base}\nseed: 2\n")
+    with pytest.raises(ConfigError, match="_base_ must be a file name or a list of file names"):
+        load_yaml(path)
+
+
+def test_a_key_written_twice_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("solver:\n  iterations: 7\nseed: 1\nsolver:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml.*key 'solver' appears twice in one mapping \(first on line 1\)"
+                       r"(.|\n)*line 4"):
+        load_yaml(path)
+    path.write_text("solver:\n  iterations: 7\n  lr: 0.1\n")
+    assert load_yaml(path) == {"solver": {"iterations": 7, "lr": 0.1}}
+
+
+def test_a_device_that_is_not_one_is_refused_at_load():
+    from nocdet.e2e.config import load_e2e_experiment
+    from nocdet.experiment import load_experiment
+
+    with pytest.raises(ConfigError, match="device 'gpu' is not a device: use cpu, cuda or cuda:N"):
+        load_experiment("configs/demo.yaml", ["device=gpu"])
+    with pytest.raises(ConfigError, match="device 'gpu' is not a device"):
+        load_e2e_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml", ["device=gpu"])
+
+
+def test_a_missing_cuda_device_is_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from nocdet.devices import require_device
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=f"device 'cuda:{count}': this machine has"):
+        require_device(f"cuda:{count}")
+    if count:
+        pytest.skip("the rest needs a machine without CUDA")
+    for command in (["train", "configs/demo.yaml", "--output", str(tmp_path / "run")],
+                    ["detect", "--checkpoint", str(tmp_path / "missing.pt"), "x.jpg", "--out", str(tmp_path / "d")]):
+        done = subprocess.run([sys.executable, "-m", "nocdet", *command, "--device", "cuda"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "no CUDA device" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

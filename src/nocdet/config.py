@@ -35,16 +35,35 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names, got {bases!r}")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = merge(merged, load_yaml(path.parent / base, (*_seen, path)))
     return merge(merged, data)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key written twice in one mapping is an error (PyYAML keeps the
+    last one silently, so a second ``solver:`` block would drop the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def merge(base: Mapping, override: Mapping) -> dict:

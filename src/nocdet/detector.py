@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nocdet.data.sample import DetectionDataset, Detections
+from nocdet.devices import require_device
 from nocdet.e2e.detector import FORMAT as E2E_FORMAT, E2EDetector
 from nocdet.errors import NocdetError
 from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT, FrozenNoCDetector
@@ -41,6 +42,7 @@ class Detector(Protocol):
 
 def load(checkpoint: str | Path, device: str = "cpu") -> Detector:
     """The detector that ``nocdet train`` / ``nocdet demo`` saved as ``model.pt``, of either setting."""
+    require_device(device)
     state = load_checkpoint(checkpoint)
     kind = state.get("format") if isinstance(state, Mapping) else None
     if kind == FROZEN_FORMAT:

@@ -15,6 +15,7 @@ from typing import Literal, Sequence
 
 from nocdet.config import check_bounds, load_config
 from nocdet.data.sample import DetectionDataset, concat
+from nocdet.devices import check_device_name
 from nocdet.errors import ConfigError
 from nocdet.features.registry import check_finetune_init
 from nocdet.postprocess import PostprocessConfig
@@ -120,6 +121,7 @@ class ExperimentConfig:
             raise ConfigError(f"pyramid.scales must be strictly increasing, got {self.pyramid.scales}")
         if not self.data.train:
             raise ConfigError("data.train lists no split")
+        check_device_name(self.device)
         if self.noc.init == "finetune":
             check_finetune_init(self.backbone.name)
         check_bounds(self)

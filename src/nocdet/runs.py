@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
+from nocdet.devices import require_device
 from nocdet.e2e.config import E2EExperimentConfig, is_e2e_config, load_e2e_experiment
 from nocdet.experiment import ExperimentConfig, load_experiment
 
@@ -27,6 +28,7 @@ def noc_key(cfg: AnyConfig) -> str:
 def run_experiment(cfg: AnyConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train, test and evaluate ``cfg`` into ``run_dir``; its metrics (``{}`` on a torchrun rank > 0,
     ``{"interrupted", "iteration"}`` when a signal stopped training)."""
+    require_device(cfg.device)
     if isinstance(cfg, E2EExperimentConfig):
         from nocdet.e2e.pipeline import run_e2e_experiment
 

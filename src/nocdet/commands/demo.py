@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from nocdet.data.scene_digits import generate_scene_digits
     from nocdet.errors import ConfigError
     from nocdet.experiment import load_experiment
-    from nocdet.training.frozen_pipeline import run_frozen_experiment
+    from nocdet.runs import run_experiment
     from nocdet.viz.report import write_report
 
     if not args.config.exists():
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = out / "run"
     print(f"[2/4] proposals, {cfg.backbone.name} features ({cfg.backbone.weights}) and NoC {cfg.noc.spec} "
           f"-> {run_dir}")
-    metrics = run_frozen_experiment(cfg, run_dir, progress=progress)
+    metrics = run_experiment(cfg, run_dir, progress=progress)
     coco = metrics["coco"]
     print(f"      VOC07 mAP {metrics['voc07']['mAP']:.4f}  VOC mAP {metrics['voc']['mAP']:.4f}  "
           f"COCO AP {coco['AP']:.4f} AP50 {coco['AP50']:.4f} AP75 {coco['AP75']:.4f}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from nocdet.config import load_config, load_yaml
+from nocdet.devices import check_device_name
 from nocdet.e2e.solver import E2ESolverConfig
 from nocdet.errors import ConfigError
 from nocdet.experiment import DataConfig
@@ -206,6 +207,7 @@ class E2EExperimentConfig:
             raise ConfigError(f"detector {self.detector!r}: the end-to-end setting is {DETECTOR!r}")
         if not self.data.train:
             raise ConfigError("data.train lists no split")
+        check_device_name(self.device)
         self.model.check()
         self.solver.validate()
         return self
