@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 NAME = "train"
@@ -14,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set solver.iterations=500 (repeatable)")
     parser.add_argument("--output", type=Path, default=None, help="run folder (default runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that the run folder holds")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -37,11 +39,14 @@ def print_metrics(metrics: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.run_folder import prepare_run_folder
     from nocdet.runs import load_any_experiment, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
     cfg = load_any_experiment(args.config, resolve_overrides(args))
     out = args.output or Path("runs") / cfg.name
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the folder
+        prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
     metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
     if "interrupted" in metrics:
         print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "
