@@ -203,3 +203,19 @@ def test_cli_refuses_the_test_split_and_bad_options(shapes, tmp_path, monkeypatc
     assert "test" in capsys.readouterr().err and not (tmp_path / "w.pt").exists()
     assert run_cli(monkeypatch, "--voc-root", shapes, "--option", "depth=3", "--out", tmp_path / "w.pt") == 2
     assert "depth" in capsys.readouterr().err
+
+
+def test_pretrain_refuses_to_write_over_a_file_that_is_not_its_own(shapes, tmp_path):
+    train = read_voc(shapes, "train", CLASSES)
+    model = tmp_path / "model.pt"
+    torch.save({"format": "nocdet-frozen-detector", "head": {}}, model)
+    weights = tmp_path / "weights.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, weights)
+    for path in (model, weights):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match="is not a nocdet pre-training checkpoint: pre-training would "
+                                              "overwrite it"):
+            pretrain("small-zf", TINY_ZF, train, path, epochs=1, **FAST)
+        assert path.read_bytes() == before
+    with pytest.raises(ConfigError, match="is a folder"):
+        pretrain("small-zf", TINY_ZF, train, tmp_path, epochs=1, **FAST)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
-from nocdet.errors import ConfigError, DataError, TrainingError
+from nocdet.errors import ConfigError, DataError, NocdetError, TrainingError
 from nocdet.features.backbones import Backbone
 from nocdet.features.registry import build_backbone
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, save_checkpoint
@@ -275,6 +275,7 @@ def pretrain(backbone_name: str, options: Mapping[str, object], dataset: Detecti
     config = PretrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop_size=crop_size,
                               **settings)  # type: ignore[arg-type]
     config.validate()
+    _check_not_foreign(Path(out_path))
     if len(dataset) < 2:
         raise DataError(f"data set {dataset.name!r} has {len(dataset)} image(s); pre-training needs at least 2 "
                         "(some are held out to measure accuracy)")
@@ -439,6 +440,22 @@ def _available_cpus() -> int:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2 ** 63)
+
+
+def _check_not_foreign(path: Path) -> None:
+    """Refuse to write over a file that is not a pre-training checkpoint (a detector's model.pt, a
+    backbone's weights, anything else): the run would destroy it without asking."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; --out names the weights file to write")
+    if not path.exists():
+        return
+    try:
+        state = load_checkpoint(path)
+    except NocdetError:
+        state = None
+    if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} exists and is not a nocdet pre-training checkpoint: pre-training would "
+                          f"overwrite it; give another --out")
 
 
 def _check_resumable(state: Mapping, config: dict, path: Path) -> None:
