@@ -166,3 +166,38 @@ def test_pycocotools_prints_are_silenced(tmp_path, capsys):
     assert capsys.readouterr().out == ""
     evaluate_coco(dataset, [Detections("1", [[10, 10, 160, 160]], [0.9], [1])], verbose=True)
     assert "Average Precision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case,message", [
+    ("negative width", r"annotations\[0\] \(id 1\).*negative width"),
+    ("undeclared category", r"annotations\[0\] \(id 1\).*category_id 7 is not in 'categories'"),
+    ("missing image", r"annotations\[1\] \(id 2\).*image_id 9 is not in 'images'"),
+    ("duplicate image id", r"images\[1\] \(id 1\).*duplicate image id 1"),
+])
+def test_results_are_never_scored_against_a_broken_ground_truth(tmp_path, case, message):
+    """The reader's checks run before pycocotools, which would drop or merge these records and
+    report a wrong AP (0.97-1.0 for these files) with exit 0."""
+    import copy
+
+    from nocdet.errors import DataError
+    from nocdet.evaluation.coco import evaluate_coco_files
+
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+          "categories": [{"id": 1, "name": "x"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                           "iscrowd": 0}]}
+    bad = copy.deepcopy(gt)
+    if case == "negative width":
+        bad["annotations"][0]["bbox"] = [10, 10, -5, 20]
+    elif case == "undeclared category":
+        bad["annotations"][0]["category_id"] = 7
+    elif case == "missing image":
+        bad["annotations"].append({"id": 2, "image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25,
+                                   "iscrowd": 0})
+    else:
+        bad["images"].append(dict(bad["images"][0]))
+    (tmp_path / "gt.json").write_text(json.dumps(bad))
+    (tmp_path / "res.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20],
+                                                    "score": 0.9}]))
+    with pytest.raises(DataError, match=message):
+        evaluate_coco_files(tmp_path / "gt.json", tmp_path / "res.json")

@@ -123,8 +123,9 @@ def _run(coco_gt: COCO, results: list[dict], verbose: bool) -> dict:
 def evaluate_coco_files(gt_json: str | Path, results_json: str | Path, *, verbose: bool = False) -> dict:
     """COCO metrics of a results file (``[{image_id, category_id, bbox, score}]``) against an
     instances file: the 12 summary numbers (fractions, None where undefined) and ``per_class``."""
-    from nocdet.data.coco import read_coco_results
+    from nocdet.data.coco import read_coco, read_coco_results
 
+    read_coco(gt_json, Path(gt_json).parent)  # the reader's checks, as for training: bad records named
     try:
         gt = json.loads(Path(gt_json).read_text())
     except OSError as err:
