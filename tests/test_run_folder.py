@@ -54,3 +54,22 @@ def test_train_refuses_an_existing_run_before_touching_it(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "already holds a run" in done.stderr and "Traceback" not in done.stderr
     assert (run / "config.yaml").read_text() == "old: run\n"
+
+
+def test_resume_refuses_another_config_naming_the_keys(tmp_path):
+    from nocdet.config import dump_yaml
+    from nocdet.experiment import load_experiment
+    from nocdet.run_folder import check_resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    made = load_experiment("configs/demo.yaml", ["solver.iterations=1000"])
+    (run / "config.yaml").write_text(dump_yaml(made))
+    check_resume_config(run, made)  # the same config: fine
+    check_resume_config(run, load_experiment("configs/demo.yaml", ["solver.iterations=1000", "device=cuda"]))
+    with pytest.raises(ConfigError, match=r"another config \(solver.iterations: 1000 in the run, 2000 now"):
+        check_resume_config(run, load_experiment("configs/demo.yaml"))  # the YAML's 2000: not the run's
+    from nocdet.e2e.config import load_e2e_experiment
+
+    with pytest.raises(ConfigError, match="another config.*detector: '<absent>' in the run"):
+        check_resume_config(run, load_e2e_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml"))

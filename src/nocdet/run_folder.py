@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from nocdet.config import to_dict
 from nocdet.errors import ConfigError
 
+#: config keys a resumed run may change: where it runs, not what it computes
+RESUMABLE_CHANGES = ("device", "solver.workers", "proposals.workers")
 #: what a run writes: a folder holding any of these is a run folder
 RUN_FILES = ("config.yaml", "train", "metrics.json", "run.json", "diagnosis.json", "results", "model.pt")
 
@@ -52,3 +58,36 @@ def prepare_run_folder(path: str | Path, *, resume: bool = False, overwrite: boo
     except OSError as err:
         raise ConfigError(f"cannot write the run folder {path}: {err.strerror or err}") from err
     return path
+
+
+def check_resume_config(path: str | Path, cfg: Any) -> None:
+    """Refuse to resume the run in ``path`` with a config other than the one it was started with
+    (its ``config.yaml``), naming the keys that differ: the continuation would silently be
+    another experiment (another schedule, another NoC, the other setting)."""
+    saved_file = Path(path) / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved_file}: not valid YAML ({err}); cannot check what the run was made with") from err
+    differ = [text for key, text in _differences(saved if isinstance(saved, dict) else {}, to_dict(cfg))
+              if key not in RESUMABLE_CHANGES]
+    if differ:
+        shown = "; ".join(differ[:8]) + (f"; ... and {len(differ) - 8} more" if len(differ) > 8 else "")
+        raise ConfigError(f"the run in {path} was made with another config ({shown}): resume it with the same "
+                          f"config file and --set overrides (its config.yaml holds them), or start a new run "
+                          f"(--overwrite or another --output)")
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, what differs)`` for every leaf that differs between two config mappings."""
+    keys = []
+    for key in sorted(set(saved) | set(now), key=str):
+        where = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, where + ".")
+        elif a != b:
+            keys.append((where, f"{where}: {a!r} in the run, {b!r} now"))
+    return keys

@@ -39,7 +39,7 @@ def print_metrics(metrics: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nocdet.run_folder import prepare_run_folder
+    from nocdet.run_folder import check_resume_config, prepare_run_folder
     from nocdet.runs import load_any_experiment, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
@@ -47,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or Path("runs") / cfg.name
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the folder
         prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_resume_config(out, cfg)
     metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
     if "interrupted" in metrics:
+        given = "".join(f" --set {o}" for o in args.overrides)
         print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "
-              f"checkpoint saved: continue with  nocdet train {args.config} --output {out} --resume")
+              f"checkpoint saved: continue with  nocdet train {args.config}{given} --output {out} --resume")
         return 130
     if not metrics:  # a torchrun rank other than 0: rank 0 tests and reports
         return 0
