@@ -20,6 +20,7 @@ from torch import nn
 
 from nocdet.config import bounded, check_bounds
 from nocdet.errors import ConfigError
+from nocdet.training.schedules import step_lr
 
 AMP_MODES = ("none", "bfloat16", "float16")
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -85,11 +86,8 @@ def learning_rate(config: E2ESolverConfig, iteration: int) -> float:
     During warm-up the factor goes linearly from ``warmup_factor`` (iteration 0) towards 1
     (reached at ``warmup_iterations``), multiplying the step schedule (Detectron2's WarmupMultiStepLR).
     """
-    rate = config.lr * config.lr_gamma ** sum(iteration >= s for s in config.lr_steps)
-    if iteration < config.warmup_iterations:
-        alpha = iteration / config.warmup_iterations
-        rate *= config.warmup_factor * (1 - alpha) + alpha
-    return rate
+    return step_lr(config.lr, iteration, config.lr_steps, config.lr_gamma, config.warmup_iterations,
+                   config.warmup_factor)
 
 
 def parameter_groups(model: nn.Module, config: E2ESolverConfig) -> list[dict]:

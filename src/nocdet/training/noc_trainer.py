@@ -25,6 +25,7 @@ from nocdet.features.roi_cache import RoIFeatureCache
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nocdet.training.roi_sampler import RoIBatch, RoISampler, SamplingConfig
 from nocdet.training.run_log import RunLog
+from nocdet.training.schedules import step_lr
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TrainResult:
 
 def learning_rate(config: SolverConfig, iteration: int) -> float:
     """Step schedule: ``lr * gamma^(number of steps passed)``."""
-    return config.lr * config.lr_gamma ** sum(iteration >= s for s in config.lr_steps)
+    return step_lr(config.lr, iteration, config.lr_steps, config.lr_gamma)
 
 
 def _forward_loss(head: torch.nn.Module, batch: RoIBatch) -> torch.Tensor:

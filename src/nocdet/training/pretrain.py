@@ -55,6 +55,7 @@ from nocdet.features.backbones import Backbone
 from nocdet.features.registry import build_backbone
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, save_checkpoint
 from nocdet.training.pretrain_settings import PretrainSettings
+from nocdet.training.schedules import cosine_lr
 
 CHECKPOINT_FORMAT = "nocdet-pretrain"
 BACKGROUND = "__background__"
@@ -337,7 +338,7 @@ def _train(backbone_name: str, options: dict, dataset: DetectionDataset, out_pat
             losses = []
             for step, batch in enumerate(torch.randperm(len(train), generator=generator).split(config.batch_size)):
                 for group in optimizer.param_groups:
-                    group["lr"] = _learning_rate(config.lr, epoch * steps_per_epoch + step, total, warmup)
+                    group["lr"] = cosine_lr(config.lr, epoch * steps_per_epoch + step, total, warmup)
                 x, boxes = _augment(_as_float(images[batch]), rois[batch], generator)
                 loss = F.cross_entropy(model(backbone.normalize(x), boxes), labels[batch])
                 if not torch.isfinite(loss):
@@ -422,13 +423,6 @@ def _augment(images: Tensor, rois: Tensor, generator: torch.Generator) -> tuple[
     order = torch.stack([torch.randperm(3, generator=generator) for _ in range(n)])
     shuffled = images.gather(1, order[:, :, None, None].expand_as(images))
     return torch.where(permute[:, None, None, None], shuffled, images), rois
-
-
-def _learning_rate(base: float, iteration: int, total: int, warmup: int) -> float:
-    """Linear warm-up from base/10 over ``warmup`` iterations, then cosine decay to 0 at ``total``."""
-    if iteration < warmup:
-        return base * (0.1 + 0.9 * iteration / warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * (iteration - warmup) / max(1, total - warmup)))
 
 
 def _available_cpus() -> int:
