@@ -68,7 +68,7 @@ from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.e2e.data import DetectionImages, GroupedBatchSampler, aspect_groups, collate
 from nocdet.e2e.solver import E2ESolverConfig, build_optimizer, learning_rate
 from nocdet.errors import ConfigError, TrainingError
-from nocdet.training.checkpoint import StopSignals, load_checkpoint, save_checkpoint
+from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nocdet.training.run_log import RunLog
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -123,21 +123,6 @@ def _leave_group() -> None:
         dist.destroy_process_group()
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -148,10 +133,6 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     images, targets = batch
     return ([im.to(device, non_blocking=True) for im in images],
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _subset(dataset: DetectionDataset, cap: int) -> DetectionDataset:
@@ -309,17 +290,17 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
     batches = iter(loader)
     if state is not None:  # last, so nothing above shifts the restored random streams
         if state["world_size"] == world.size:
-            _set_rng_state(state["rng"][world.rank], dev)
+            set_rng_state(state["rng"][world.rank], dev)
         else:
             warnings.warn(f"resuming on {world.size} processes a run checkpointed on {state['world_size']}: "
                           "random streams are re-seeded, the continuation is not bit-exact", stacklevel=3)
             _seed_all(seed + world.rank + 7919 * start)
 
     def checkpoint(done: int) -> None:
-        rng = [_rng_state(dev)]
+        rng = [rng_state(dev)]
         if world.size > 1:
             rng = [None] * world.size
-            dist.all_gather_object(rng, _rng_state(dev))
+            dist.all_gather_object(rng, rng_state(dev))
         if world.main:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

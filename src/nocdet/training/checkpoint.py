@@ -7,10 +7,12 @@ so it can write a checkpoint and exit cleanly.
 """
 from __future__ import annotations
 
+import random
 import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nocdet.errors import TrainingError
@@ -32,12 +34,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise TrainingError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
 
 
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every random stream a trainer draws from: torch's, NumPy's, Python's and, on a CUDA
+    ``device``, that device's; a checkpoint stores it so that a resumed run continues exactly."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state` (checkpoints of older versions hold torch's stream only)."""
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class StopSignals:
