@@ -54,7 +54,7 @@ from nocdet.noc.head import NoCHead
 from nocdet.postprocess import detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
-from nocdet.frozen_detector import build_frozen_backbone, build_head
+from nocdet.frozen_detector import RegionScorer, build_frozen_backbone, build_head
 from nocdet.training.frozen_pipeline import extract, pathways, proposals_for
 from nocdet.training.roi_sampler import RoISampler, SamplingConfig, gather_inputs
 from nocdet.training.svm import LinearSVMs
@@ -117,6 +117,7 @@ class StagedDetector:
         self.regressor = BoxRegressor(torch.randn(num_classes, pooled_dim, 4, generator=generator) * 1e-3,
                                       torch.zeros(num_classes, 4), torch.zeros(num_classes, 4),
                                       torch.eye(4).repeat(num_classes, 1, 1), 1.0) if cfg.bbox.enabled else None
+        self.scorer = RegionScorer(self.head, cfg.test.score, self.svms, self.regressor)  # what detect() runs
 
     def proposals(self, array: np.ndarray) -> np.ndarray:
         p = self.config.proposals
@@ -152,12 +153,7 @@ class StagedDetector:
                                          self.backbone.stride)
         lap("pooling")
         single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
-        out = self.head([pooled[:, 0], pooled[:, -1]] if self.head.spec.has_maxout else single)
-        scores = (self.svms.score(out.features) if self.svms is not None
-                  else torch.softmax(out.logits, 1)[:, 1:])
-        region_boxes = torch.from_numpy(boxes)
-        if self.regressor is not None:
-            region_boxes = self.regressor.predict_all(single.flatten(1), region_boxes)
+        scores, region_boxes = self.scorer([pooled[:, 0], pooled[:, -1]], single, torch.from_numpy(boxes))
         lap("NoC forward")
         detections = detect_from_scores(image_id, region_boxes, scores, width, height, self.config.test)
         lap("post-processing")

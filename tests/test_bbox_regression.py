@@ -153,3 +153,20 @@ def test_bad_config_and_labels():
     model = train_box_regressor(iter(train), K, progress=False)  # one pass: an iterator is fine
     with pytest.raises(ValueError, match="labels must be in 1..2"):
         model.predict(train[0].features, train[0].boxes, torch.full((8,), 3))
+
+
+def test_predict_all_equals_each_class_predicted_alone():
+    """The one-product form of every class's boxes agrees with ``predict`` class by class."""
+    g = torch.Generator().manual_seed(0)
+    num_classes, dim = 3, 5
+    unwhiten = torch.eye(4).repeat(num_classes, 1, 1) + 0.1 * torch.randn(num_classes, 4, 4, generator=g)
+    regressor = BoxRegressor(torch.randn(num_classes, dim, 4, generator=g) * 0.1,
+                             torch.randn(num_classes, 4, generator=g) * 0.1,
+                             torch.randn(num_classes, 4, generator=g) * 0.05, unwhiten, feature_scale=0.5)
+    features = torch.randn(7, dim, generator=g)
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 80.0]]).repeat(7, 1) + torch.rand(7, 4, generator=g) * 5
+    every = regressor.predict_all(features, boxes)
+    assert every.shape == (7, num_classes, 4)
+    for k in range(1, num_classes + 1):
+        alone = regressor.predict(features, boxes, torch.full((7,), k))
+        torch.testing.assert_close(every[:, k - 1], alone, rtol=1e-5, atol=1e-4)

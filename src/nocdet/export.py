@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from nocdet.boxes import decode_deltas
 from nocdet.detector import load
 from nocdet.frozen_detector import FrozenNoCDetector
 from nocdet.prediction import ImageLike, as_rgb_array
@@ -65,12 +64,7 @@ class DetectorGraph(nn.Module):
         super().__init__()
         cfg = detector.config
         self.backbone = detector.backbone.eval()
-        self.head = detector.head.eval()
-        self.svms = detector.svms if cfg.test.score == "svm" else None
-        if cfg.test.score == "svm" and self.svms is None:
-            raise ConfigError("the model's config scores with SVMs (test.score: svm) but it holds none")
-        self.regressor = detector.regressor
-        self.num_classes = len(detector.classes)
+        self.scorer = detector.scorer.eval()
         self.register_buffer("scales", torch.tensor(cfg.pyramid.scales, dtype=torch.float64), persistent=False)
         self.max_size = cfg.pyramid.max_size
         self.target_area = float(cfg.pyramid.target_area)
@@ -119,7 +113,8 @@ class DetectorGraph(nn.Module):
         flat = pooled.flatten(0, 1)  # row l * R + r: box r at level l
         index = torch.arange(regions, device=flat.device)
         if pooled.shape[0] == 1:
-            single = pair = pooled[0]
+            single = pooled[0]
+            pair = [single, single]
         else:
             best = select_scale(boxes, factors, self.target_area)
             levels = select_adjacent_pair(boxes, factors, self.target_area)
@@ -128,21 +123,7 @@ class DetectorGraph(nn.Module):
             single = flat.index_select(0, chosen * regions + index)
             pair = [flat.index_select(0, levels[:, 0] * regions + index),
                     flat.index_select(0, levels[:, 1] * regions + index)]
-        out = self.head(pair if self.head.spec.has_maxout else single)
-        scores = self.svms.score(out.features) if self.svms is not None else torch.softmax(out.logits, 1)[:, 1:]
-        if self.regressor is None:
-            return scores, proposals[:, None, :].expand(-1, self.num_classes, -1)
-        return scores, self.refine(single.flatten(1), proposals)
-
-    def refine(self, features: Tensor, proposals: Tensor) -> Tensor:
-        """:meth:`BoxRegressor.predict_all` for all classes at once: ``[R, K, 4]``."""
-        r = self.regressor
-        num_classes, dim = r.weight.shape[0], r.weight.shape[1]
-        weight = r.weight.permute(1, 0, 2).reshape(dim, num_classes * 4)
-        whitened = ((features * r.scale) @ weight).view(-1, num_classes, 4) + r.bias
-        deltas = torch.matmul(whitened.unsqueeze(2), r.target_unwhiten).squeeze(2) + r.target_mean
-        repeated = proposals.to(deltas.dtype)[:, None, :].expand(-1, num_classes, -1)
-        return decode_deltas(deltas.reshape(-1, 4), repeated.reshape(-1, 4)).view(-1, num_classes, 4)
+        return self.scorer(pair, single, proposals)
 
 
 def _resize_antialias_symbolic(g, input, output_size, align_corners, scale_factors):

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from nocdet.config import from_dict
@@ -33,6 +34,36 @@ from nocdet.training.svm import LinearSVMs
 FORMAT = "nocdet-frozen-detector"
 
 
+class RegionScorer(nn.Module):
+    """The frozen detector's scoring of pooled regions, one code for every path that scores: the
+    test on the training cache, ``detect`` on any image, the ONNX graph and the benchmarks.
+
+    ``forward(pathways, single, boxes)``: ``pathways`` the NoC's input (the two adjacent scales
+    ``[R, C, m, m]`` of a maxout NoC), ``single`` each region's best scale ``[R, C, m, m]`` (the
+    input of a single-scale NoC and of the box regressor), ``boxes [R, 4]``. Returns scores
+    ``[R, K]`` (softmax without background, or the post-hoc SVMs' scores) and boxes ``[R, K, 4]``
+    (refined per class by the post-hoc regressor, or the regions repeated).
+    """
+
+    def __init__(self, head: NoCHead, score: str, svms: LinearSVMs | None = None,
+                 regressor: BoxRegressor | None = None):
+        super().__init__()
+        if score == "svm" and svms is None:
+            raise ConfigError("test.score is 'svm' but the detector has no SVMs; score with softmax")
+        self.head, self.score, self.svms, self.regressor = head, score, svms, regressor
+
+    def forward(self, pathways: Sequence[torch.Tensor], single: torch.Tensor, boxes: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(list(pathways) if self.head.spec.has_maxout else single)
+        if self.score == "svm":
+            scores = self.svms.score(out.features.to(self.svms.weight.device))
+        else:
+            scores = torch.softmax(out.logits, 1)[:, 1:]
+        if self.regressor is None:
+            return scores, boxes[:, None, :].expand(-1, scores.shape[1], -1)
+        return scores, self.regressor.predict_all(single.flatten(1).to(self.regressor.weight.device), boxes)
+
+
 class FrozenNoCDetector:
     """A frozen-feature detector: backbone, NoC, optional SVMs and box regressor, and the config
     (proposals, pyramid, test-time post-processing) that ties them together.
@@ -43,8 +74,6 @@ class FrozenNoCDetector:
 
     def __init__(self, config: ExperimentConfig, classes: Sequence[str], backbone: Backbone, head: NoCHead,
                  svms: LinearSVMs | None = None, regressor: BoxRegressor | None = None, device: str = "cpu"):
-        if config.test.score == "svm" and svms is None:
-            raise ConfigError("test.score is 'svm' but the detector has no SVMs; score with softmax")
         if head.num_outputs != len(classes) + 1:
             raise ConfigError(f"the NoC has {head.num_outputs} outputs but there are {len(classes)} classes "
                               "+ background")
@@ -54,6 +83,7 @@ class FrozenNoCDetector:
         self.head = head.eval().to(device)
         self.svms = svms
         self.regressor = regressor
+        self.scorer = RegionScorer(self.head, config.test.score, svms, regressor)
         self.device = device
         self.settings = ExtractionSettings(scales=list(config.pyramid.scales), max_size=config.pyramid.max_size,
                                            pool_mode=config.pyramid.pool, include_gt=False, flip=False,
@@ -81,8 +111,8 @@ class FrozenNoCDetector:
     @torch.inference_mode()
     def score_regions(self, image: ImageLike, boxes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class scores ``[R, K]`` (softmax without background, or SVM scores) of the regions
-        ``boxes [R, 4]`` of one image, and their boxes: ``[R, K, 4]`` refined per class by the
-        box regressor, or ``[R, 4]`` as given without one."""
+        ``boxes [R, 4]`` of one image, and their boxes ``[R, K, 4]`` (refined per class by the box
+        regressor, or as given); see :class:`RegionScorer`."""
         array = as_rgb_array(image)
         region_boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
@@ -90,12 +120,8 @@ class FrozenNoCDetector:
         pooled, _, best = pool_regions(self.backbone, x, region_boxes.to(self.device), self.settings,
                                        self.backbone.roi_size)
         single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
-        out = self.head([pooled[:, 0], pooled[:, -1]] if self.head.spec.has_maxout else single)
-        scores = (self.svms.score(out.features.cpu()) if self.config.test.score == "svm"
-                  else torch.softmax(out.logits, 1)[:, 1:].cpu())
-        if self.regressor is not None:
-            region_boxes = self.regressor.predict_all(single.cpu().flatten(1), region_boxes)
-        return scores, region_boxes
+        scores, refined = self.scorer([pooled[:, 0], pooled[:, -1]], single, region_boxes.to(self.device))
+        return scores.cpu(), refined.cpu()
 
     def detect(self, image: ImageLike, image_id: str = "image") -> Detections:
         """Detections of one image (internal format, labels ``1..K``)."""

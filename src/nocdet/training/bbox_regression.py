@@ -170,9 +170,15 @@ class BoxRegressor(nn.Module):
         return decode_deltas(self.deltas(features, labels), boxes)
 
     def predict_all(self, features: Tensor, boxes: Tensor) -> Tensor:
-        """Refined boxes of every class: ``[R, K, 4]`` (for class-specific NMS at test time)."""
-        labels = torch.ones(len(boxes), dtype=torch.int64)
-        return torch.stack([self.predict(features, boxes, labels * k) for k in range(1, self.num_classes + 1)], 1)
+        """Refined boxes of every class: ``[R, K, 4]`` (for class-specific NMS at test time), all
+        classes in one product and no Python loop over them, so that the ONNX export traces it."""
+        features = features.flatten(1).to(self.weight)
+        num_classes, dim = self.weight.shape[0], self.weight.shape[1]
+        weight = self.weight.permute(1, 0, 2).reshape(dim, num_classes * 4)
+        whitened = ((features * self.scale) @ weight).view(-1, num_classes, 4) + self.bias
+        deltas = torch.matmul(whitened.unsqueeze(2), self.target_unwhiten).squeeze(2) + self.target_mean
+        repeated = torch.as_tensor(boxes).reshape(-1, 4).to(deltas)[:, None, :].expand(-1, num_classes, -1)
+        return decode_deltas(deltas.reshape(-1, 4), repeated.reshape(-1, 4)).view(-1, num_classes, 4)
 
     forward = predict
 

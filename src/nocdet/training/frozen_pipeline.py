@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from nocdet.config import dump_yaml
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.errors import ConfigError
 from nocdet.experiment import ExperimentConfig, load_split, load_splits, split_name, split_record
-from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT, build_frozen_backbone, build_head
+from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT, RegionScorer, build_frozen_backbone, build_head
 from nocdet.features.backbones import Backbone
 from nocdet.features.roi_cache import ExtractionSettings, RoIFeatureCache, build_cache, open_cache, region_slice
 from nocdet.io import atomic_write_json, atomic_write_text
@@ -31,7 +30,7 @@ from nocdet.postprocess import detect_from_scores
 from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
-from nocdet.training.post_hoc import fit_box_regressor, fit_svms, refine_boxes
+from nocdet.training.post_hoc import fit_box_regressor, fit_svms
 from nocdet.training.svm import LinearSVMs
 from nocdet.training.roi_sampler import gather_inputs
 
@@ -73,42 +72,34 @@ def pathways(head: NoCHead, train_scale: str, training: bool) -> str:
 
 
 @torch.inference_mode()
-def cached_regions(head: NoCHead, cache: RoIFeatureCache, mode: str, chunk: int = 1024
-                   ) -> Iterator[tuple[object, int, slice, torch.Tensor, torch.Tensor]]:
-    """Per cached image: ``(shard, index, regions, softmax [R, K+1], NoC features [R, D])``."""
-    head.eval()
-    device = next(head.parameters()).device
-    for shard, index in cache.images():
-        regions = region_slice(shard, index)
-        ids = np.arange(regions.start, regions.stop)
-        probs, feats = [], []
-        for start in range(0, len(ids), chunk):
-            inputs = [x.to(device) for x in gather_inputs(shard, ids[start:start + chunk], mode, None)]
-            out = head(inputs if len(inputs) == 2 else inputs[0])
-            probs.append(torch.softmax(out.logits, 1).cpu())
-            feats.append(out.features.cpu())
-        if probs:
-            yield shard, index, regions, torch.cat(probs), torch.cat(feats)
-        else:
-            yield shard, index, regions, torch.zeros(0, head.num_outputs), torch.zeros(0, head.feature_dim)
-
-
+@torch.inference_mode()
 def detect_on_cache(cfg: ExperimentConfig, head: NoCHead, cache: RoIFeatureCache, dataset: DetectionDataset,
-                    svms: LinearSVMs | None, regressor: BoxRegressor | None, progress: bool) -> list[Detections]:
-    """Detections of every cached (test) image: scores, optional +bb, NMS, top-k."""
+                    svms: LinearSVMs | None, regressor: BoxRegressor | None, progress: bool,
+                    chunk: int = 1024) -> list[Detections]:
+    """Detections of every cached (test) image: :class:`RegionScorer` on its cached regions
+    (``chunk`` at a time), then NMS and top-k."""
     samples = dataset.by_id()
     mode = pathways(head, cfg.noc.train_scale, training=False)
+    scorer = RegionScorer(head.eval(), cfg.test.score, svms, regressor)
+    device = next(head.parameters()).device
     detections = []
-    images = tqdm(cached_regions(head, cache, mode), total=sum(len(s.image_ids) for s in cache.shards),
-                  desc="detect (test)", unit="img", disable=not progress)
-    for shard, index, regions, probs, feats in images:
+    for shard, index in tqdm(cache.images(), total=sum(len(s.image_ids) for s in cache.shards),
+                             desc="detect (test)", unit="img", disable=not progress):
         image_id = shard.image_ids[index]
+        regions = region_slice(shard, index)
+        rows = np.arange(regions.start, regions.stop)
+        boxes = torch.from_numpy(np.asarray(shard.boxes[regions], dtype=np.float32))
+        scores, refined = [torch.zeros(0, head.num_outputs - 1)], [torch.zeros(0, head.num_outputs - 1, 4)]
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            best = gather_inputs(shard, part, "best", None)[0].to(device)
+            inputs = [x.to(device) for x in gather_inputs(shard, part, mode, None)] if mode != "best" else [best]
+            s, b = scorer(inputs, best, boxes[start:start + chunk].to(device))
+            scores.append(s.cpu())
+            refined.append(b.cpu())
         sample = samples[image_id]
-        boxes = torch.from_numpy(np.asarray(shard.boxes[regions]))
-        scores = svms.score(feats) if cfg.test.score == "svm" else probs[:, 1:]
-        if regressor is not None:
-            boxes = refine_boxes(regressor, shard, np.arange(regions.start, regions.stop), boxes)
-        detections.append(detect_from_scores(image_id, boxes, scores, sample.width, sample.height, cfg.test))
+        detections.append(detect_from_scores(image_id, torch.cat(refined), torch.cat(scores), sample.width,
+                                             sample.height, cfg.test))
     return detections
 
 

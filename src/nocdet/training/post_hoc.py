@@ -71,9 +71,3 @@ def fit_svms(head: NoCHead, cache: RoIFeatureCache, num_classes: int, mode: str,
 def fit_box_regressor(cache: RoIFeatureCache, num_classes: int, config: BoxRegressionConfig,
                       progress: bool) -> BoxRegressor:
     return train_box_regressor(_records(cache, pooled_features), num_classes, config, progress)
-
-
-@torch.inference_mode()
-def refine_boxes(regressor: BoxRegressor, shard: CacheShard, rows: np.ndarray, boxes: Tensor) -> Tensor:
-    """Class-specific refined boxes ``[R, K, 4]`` of test regions."""
-    return regressor.predict_all(pooled_features(shard, rows), boxes)
