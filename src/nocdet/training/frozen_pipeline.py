@@ -32,7 +32,7 @@ from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.post_hoc import fit_box_regressor, fit_svms
 from nocdet.training.svm import LinearSVMs
-from nocdet.training.roi_sampler import gather_inputs
+from nocdet.training.roi_sampler import Pathways, gather_inputs
 
 
 def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, progress: bool) -> dict[str, np.ndarray]:
@@ -65,10 +65,11 @@ def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset
     return open_cache(folder)
 
 
-def pathways(head: NoCHead, train_scale: str, training: bool) -> str:
+def pathways(head: NoCHead, train_scale: str, training: bool) -> Pathways:
+    """The NoC's input levels: both for a maxout NoC; else ``noc.train_scale`` in training, the best at test."""
     if head.spec.has_maxout:
-        return "pair"
-    return train_scale if training else "best"
+        return Pathways.PAIR
+    return Pathways(train_scale) if training else Pathways.BEST
 
 
 @torch.inference_mode()
@@ -92,8 +93,9 @@ def detect_on_cache(cfg: ExperimentConfig, head: NoCHead, cache: RoIFeatureCache
         scores, refined = [torch.zeros(0, head.num_outputs - 1)], [torch.zeros(0, head.num_outputs - 1, 4)]
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            best = gather_inputs(shard, part, "best", None)[0].to(device)
-            inputs = [x.to(device) for x in gather_inputs(shard, part, mode, None)] if mode != "best" else [best]
+            best = gather_inputs(shard, part, Pathways.BEST, None)[0].to(device)
+            inputs = [x.to(device) for x in gather_inputs(shard, part, mode, None)] if mode is not Pathways.BEST \
+                else [best]
             s, b = scorer(inputs, best, boxes[start:start + chunk].to(device))
             scores.append(s.cpu())
             refined.append(b.cpu())
@@ -163,7 +165,8 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     svms = regressor = None
     if cfg.svm.enabled:
         t = time.perf_counter()
-        svms = fit_svms(head, train_cache, train_set.num_classes, pathways(head, "best", False), cfg.svm, progress)
+        svms = fit_svms(head, train_cache, train_set.num_classes, pathways(head, cfg.noc.train_scale, False), cfg.svm,
+                         progress)
         timing["train_svms"] = time.perf_counter() - t
     if cfg.bbox.enabled:
         t = time.perf_counter()

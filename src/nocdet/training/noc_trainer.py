@@ -23,7 +23,7 @@ from nocdet.config import bounded
 from nocdet.errors import TrainingError
 from nocdet.features.roi_cache import RoIFeatureCache
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nocdet.training.roi_sampler import RoIBatch, RoISampler, SamplingConfig
+from nocdet.training.roi_sampler import Pathways, RoIBatch, RoISampler, SamplingConfig
 from nocdet.training.run_log import RunLog
 from nocdet.training.schedules import step_lr
 
@@ -63,13 +63,13 @@ def _forward_loss(head: torch.nn.Module, batch: RoIBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(head: torch.nn.Module, cache: RoIFeatureCache, sampling: SamplingConfig, pathways: str,
+def validation_loss(head: torch.nn.Module, cache: RoIFeatureCache, sampling: SamplingConfig, pathways: Pathways,
                     batches: int, seed: int = 12345) -> float:
     """Mean loss over a fixed set of validation batches (same sampling as training)."""
     was_training = head.training
     head.eval()
     state = torch.get_rng_state()
-    sampler = RoISampler(cache, sampling, seed, "best" if pathways == "random" else pathways)
+    sampler = RoISampler(cache, sampling, seed, Pathways.BEST if pathways == Pathways.RANDOM else pathways)
     losses = [float(_forward_loss(head, sampler.next())) for _ in range(batches)]
     torch.set_rng_state(state)
     head.train(was_training)
@@ -77,7 +77,7 @@ def validation_loss(head: torch.nn.Module, cache: RoIFeatureCache, sampling: Sam
 
 
 def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str | Path, *,
-              sampling: SamplingConfig, solver: SolverConfig, pathways: str, seed: int,
+              sampling: SamplingConfig, solver: SolverConfig, pathways: Pathways, seed: int,
               val_cache: RoIFeatureCache | None = None, resume: bool = False,
               progress: bool = True) -> TrainResult:
     """Train ``head`` in place; checkpoints and ``log.jsonl`` go to ``out_dir``."""

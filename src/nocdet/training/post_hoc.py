@@ -19,7 +19,7 @@ from torch import Tensor
 from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
 from nocdet.noc.head import NoCHead
 from nocdet.training.bbox_regression import BoxRegressionConfig, BoxRegressor, train_box_regressor
-from nocdet.training.roi_sampler import gather_inputs
+from nocdet.training.roi_sampler import Pathways, gather_inputs
 from nocdet.training.svm import LinearSVMs, RegionFeatures, SVMConfig, train_svms
 
 
@@ -60,7 +60,7 @@ def noc_features(head: NoCHead, mode: str, chunk: int = 2048) -> Callable[[Cache
 
 def pooled_features(shard: CacheShard, rows: np.ndarray) -> Tensor:
     """Pooled conv features of regions at their best level, flattened: ``[R, C*m*m]``."""
-    return gather_inputs(shard, rows, "best", None)[0].flatten(1)
+    return gather_inputs(shard, rows, Pathways.BEST, None)[0].flatten(1)
 
 
 def fit_svms(head: NoCHead, cache: RoIFeatureCache, num_classes: int, mode: str, config: SVMConfig,

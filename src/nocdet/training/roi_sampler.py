@@ -11,6 +11,7 @@ Shape shorthand: R = regions in a batch, P = cached pathways, C, m = pooled chan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -41,39 +42,43 @@ class RoIBatch:
     targets: Tensor
 
 
-def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: str, rng: np.random.Generator | None) -> list[Tensor]:
-    """The cached pooled features of regions ``index`` of a shard as NoC inputs.
+class Pathways(str, Enum):
+    """Which cached pyramid level(s) of a region feed the NoC."""
 
-    ``pathways``: "pair" (both levels, maxout NoC), "best" (the single best level) or "random"
-    (one of the two levels at random; training-time scale jitter).
-    """
+    PAIR = "pair"  # both adjacent levels: the two pathways of a maxout NoC
+    BEST = "best"  # the level whose region is closest to the target area (test time)
+    RANDOM = "random"  # one of the two levels at random: training-time scale jitter
+
+
+def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: Pathways | str,
+                  rng: np.random.Generator | None) -> list[Tensor]:
+    """The cached pooled features of regions ``index`` of a shard as NoC inputs (see :class:`Pathways`)."""
+    pathways = Pathways(pathways)
     order = np.argsort(index)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     rows = np.asarray(shard.features[index[order]])[inverse]  # sorted reads from the memmap
     x = torch.from_numpy(rows.astype(np.float32))
-    if pathways == "pair":
+    if pathways is Pathways.PAIR:
         if x.shape[1] == 1:
             return [x[:, 0], x[:, 0]]
         return [x[:, 0], x[:, 1]]
     if x.shape[1] == 1:
         return [x[:, 0]]
-    if pathways == "best":
+    if pathways is Pathways.BEST:
         slot = shard.best[index].astype(np.int64)
-    elif pathways == "random":
-        slot = rng.integers(0, 2, len(index))
     else:
-        raise ValueError(f"pathways must be 'pair', 'best' or 'random', got {pathways!r}")
+        slot = rng.integers(0, 2, len(index))
     return [x[torch.arange(len(index)), torch.from_numpy(slot)]]
 
 
 class RoISampler:
     """Endless seeded stream of :class:`RoIBatch` from a cache."""
 
-    def __init__(self, cache: RoIFeatureCache, config: SamplingConfig, seed: int, pathways: str):
+    def __init__(self, cache: RoIFeatureCache, config: SamplingConfig, seed: int, pathways: Pathways | str):
         self.cache = cache
         self.config = config
-        self.pathways = pathways
+        self.pathways = Pathways(pathways)
         self.images = [(s, i) for s, i in cache.images()]
         if not self.images:
             raise ValueError(f"the cache {cache.path} holds no images")
