@@ -165,8 +165,8 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     svms = regressor = None
     if cfg.svm.enabled:
         t = time.perf_counter()
-        svms = fit_svms(head, train_cache, train_set.num_classes, pathways(head, cfg.noc.train_scale, False), cfg.svm,
-                         progress)
+        test_pathways = pathways(head, cfg.noc.train_scale, training=False)
+        svms = fit_svms(head, train_cache, train_set.num_classes, test_pathways, cfg.svm, progress)
         timing["train_svms"] = time.perf_counter() - t
     if cfg.bbox.enabled:
         t = time.perf_counter()
