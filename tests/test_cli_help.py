@@ -9,3 +9,10 @@ def test_building_the_parser_imports_no_torch():
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"the parser imported {done.stdout.strip()}"
+
+
+def test_version():
+    import nocdet
+
+    done = subprocess.run([sys.executable, "-m", "nocdet", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"nocdet {nocdet.__version__}"

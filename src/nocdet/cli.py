@@ -9,6 +9,7 @@ import importlib
 import logging
 import sys
 
+from nocdet import __version__
 from nocdet.errors import NocdetError
 
 COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo", "export"]
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Two-stage object detection with Networks on Convolutional feature maps (NoC).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    parser.add_argument("--version", action="version", version=f"nocdet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"nocdet.commands.{name}")
