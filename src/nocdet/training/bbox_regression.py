@@ -245,5 +245,5 @@ def train_box_regressor(records: Records, num_classes: int, config: BoxRegressio
             continue
         weight[k], bias[k], mean[k], unwhiten[k] = _fit_class(all_features[select] * scale,
                                                               all_targets[select], config)
-        logger.info("box regression class %d: %d examples", k + 1, int(select.sum()))
+        logger.debug("box regression class %d: %d examples", k + 1, int(select.sum()))
     return BoxRegressor(weight, bias, mean, unwhiten, scale)

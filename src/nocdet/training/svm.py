@@ -415,7 +415,7 @@ def train_svms(records: Records, num_classes: int, config: SVMConfig | None = No
         cache.num_added = 0
         objective = _hinge_objective(positives[k], cache.features, w, b, config)
         dropped = cache.evict_easy(cache.features @ w + b, config.evict_threshold)
-        logger.info("SVM class %d: objective %.4f, %d positives, %d hard negatives kept, %d evicted",
+        logger.debug("SVM class %d: objective %.4f, %d positives, %d hard negatives kept, %d evicted",
                     k + 1, objective, len(positives[k]), len(cache), dropped)
 
     first_image = True
