@@ -39,12 +39,14 @@ def print_metrics(metrics: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.devices import require_device
     from nocdet.run_folder import check_resume_config, prepare_run_folder
     from nocdet.runs import load_any_experiment, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
     cfg = load_any_experiment(args.config, resolve_overrides(args))
     out = args.output or Path("runs") / cfg.name
+    require_device(cfg.device)  # before the folder is made: a refused run leaves nothing behind
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the folder
         prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
         if args.resume:
