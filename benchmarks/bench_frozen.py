@@ -15,7 +15,7 @@ Measures, in one run on this machine:
 3. peak memory of the cache build and of one training epoch, each in its own process, at N/2
    and N training images: the process's own (anonymous) memory must not grow with the data.
 
-The networks are randomly initialised small-zf backbones and NoCs (``--weights PATH`` loads
+The networks are each config's backbone and NoC, randomly initialised (``--weights PATH`` loads
 backbone weights): weights do not change the cost of a forward. Random scores pass the score
 threshold for every box, so the post-processing time is an upper bound (NMS sees R x K boxes).
 Run ``python benchmarks/bench_frozen.py [--quick] [--images N] [--train-images N]``; entry point
@@ -380,7 +380,7 @@ def header(title: str, args: argparse.Namespace) -> None:
     print(f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average before {os.getloadavg()[0]:.1f}")
-    print(f"weights: {args.weights or 'random small-zf backbone and NoC (the timings do not depend on them)'}")
+    print(f"weights: {args.weights or 'random, each config its own backbone and NoC (timings do not depend on them)'}")
 
 
 def part_test_time(args: argparse.Namespace, data: Path, scratch: Path, test_ids: list[str]) -> dict[str, float]:

@@ -11,7 +11,7 @@ Shape shorthand: R = regions in a batch, P = cached pathways, C, m = pooled chan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class RoIBatch:
     targets: Tensor
 
 
-class Pathways(str, Enum):
+class Pathways(StrEnum):
     """Which cached pyramid level(s) of a region feed the NoC."""
 
     PAIR = "pair"  # both adjacent levels: the two pathways of a maxout NoC
