@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from nocdet.errors import NocdetError
 
@@ -61,6 +61,16 @@ def remove_orphans(folder: str | Path) -> None:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     _remove(entry.path)
+
+
+def remove_entries(folder: str | Path, names: Iterable[str]) -> None:
+    """Delete the named files and folders of ``folder`` that exist (the outputs a tool owns there)."""
+    for name in names:
+        target = Path(folder) / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ there, or ``--overwrite`` to replace it.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import yaml
 
 from nocdet.config import to_dict
 from nocdet.errors import ConfigError
+from nocdet.io import remove_entries
 
 #: config keys a resumed run may change: where it runs, not what it computes
 RESUMABLE_CHANGES = ("device", "solver.workers", "proposals.workers")
@@ -44,12 +44,7 @@ def prepare_run_folder(path: str | Path, *, resume: bool = False, overwrite: boo
         if not overwrite:
             raise ConfigError(f"{path} already holds a run: continue it with --resume, or replace it with "
                               f"--overwrite, or give another folder (--output)")
-        for name in RUN_FILES:
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_entries(path, RUN_FILES)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".nocdet-write-test"

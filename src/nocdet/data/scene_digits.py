@@ -25,7 +25,6 @@ same bytes. Output, in the PASCAL VOC layout plus COCO files (see :func:`generat
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from multiprocessing import get_context
@@ -44,7 +43,7 @@ from nocdet.data.scene_digits_sources import (
 )
 from nocdet.data.voc import write_voc_annotation, write_voc_split
 from nocdet.errors import ConfigError, DataError
-from nocdet.io import atomic_write_json, atomic_write_text
+from nocdet.io import atomic_write_json, atomic_write_text, remove_entries
 
 GENERATOR = "nocdet scene-digits"
 GENERATOR_VERSION = "1.0"
@@ -389,12 +388,7 @@ def _prepare_output(out: Path) -> None:
             raise DataError("the folder is not empty and is not a scene-digits output (it has no "
                             "dataset.json written by this generator), so it is left alone; give a "
                             "new or empty folder, or a previous scene-digits output to replace", path=out)
-        for name in _OWNED:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_entries(out, _OWNED)
     out.mkdir(parents=True, exist_ok=True)
 
 
