@@ -208,6 +208,8 @@ def compare_pairs(quick: bool, device: torch.device) -> list[tuple[str, NoCFaste
     sd = load_e2e_experiment(COMPARE_TWIN, align)
     r50_size = 224 if quick else 320
     r50 = load_e2e_experiment(COMPARE_TWIN, align + ["model.backbone.name=resnet50",
+                                                     # the twin's options without small-resnet's width
+                                                     "model.backbone.options={frozen_stages: 1, frozen_bn: true}",
                                                      "model.noc.spec=fc1024, fc1024, fcn+1",
                                                      f"model.transform.min_size=[{r50_size}]"])
     for name, cfg in ((f"scene-digits small-resnet a trous, fc512-fc512, {sd.model.transform.min_size[0]} px", sd),
