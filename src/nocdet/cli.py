@@ -12,7 +12,8 @@ import sys
 from nocdet import __version__
 from nocdet.errors import NocdetError
 
-COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo", "export"]
+COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo",
+            "export", "convert_caffe"]
 
 
 def build_parser() -> argparse.ArgumentParser:

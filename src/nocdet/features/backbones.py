@@ -251,8 +251,8 @@ class ZFNet(Backbone):
         if self.name != "zf":
             return super()._no_imagenet_reason()
         return ("ZF net weights are not in torchvision: pass the path of a local checkpoint holding this "
-                "backbone's state dict (conv1..conv5 and optionally classifier.0/3 = fc6/fc7, e.g. converted "
-                "from SPPnet's or Faster R-CNN's ZF caffemodel), or use 'random'")
+                "backbone's weights (py-faster-rcnn's ZF.v2.caffemodel converted by `nocdet convert-caffe`, "
+                "see docs/zf_weights.md), or use 'random'")
 
 
 class VGGBackbone(Backbone):

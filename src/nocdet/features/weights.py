@@ -17,6 +17,12 @@ A ``weights`` value is one of
 
 A checkpoint that does not fit the network is refused with the keys that are missing, the keys
 that are left over and the tensors whose shapes differ, never loaded half-way.
+
+ZF's pre-trained weights exist only as Caffe models, and a plain conversion of one loads without
+error and computes wrong features (BGR input, possibly SPPnet's padding). So a ``zf`` backbone
+refuses a bare state dict file: it takes a ``nocdet convert-caffe`` file (whose record of the
+conversion is checked and whose input convention is applied, :mod:`nocdet.features.caffe_zf`) or a
+checkpoint nocdet wrote (``{"backbone": ...}``, ``{"model": ...}``).
 """
 from __future__ import annotations
 
@@ -36,6 +42,22 @@ IMAGENET = "imagenet"
 OFFLINE_ENV = "NOCDET_OFFLINE"  # "1" (or true/yes/on): never download, a missing hub file is an error
 _HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: "resnet50-11ad3fa6.pth" -> "11ad3fa6"
 _SHOWN_KEYS = 8  # how many keys an error message lists before "... and N more"
+CAFFE_CONVERSION_KEY = "caffe_conversion"  # the record a `nocdet convert-caffe` file holds next to "backbone"
+#: backbones whose pre-trained weights exist only as Caffe models: a bare state dict file is refused
+CAFFE_ONLY_BACKBONES = ("zf",)
+
+
+class CheckpointState(dict):
+    """A state dict read from a checkpoint file, with how the file held it.
+
+    ``layout``: ``"plain"`` (a bare state dict), ``"backbone"``, ``"model"`` or ``"caffe"`` (a
+    ``nocdet convert-caffe`` file); ``caffe``: that file's record of the conversion, else None.
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor], layout: str, caffe: Mapping[str, object] | None = None):
+        super().__init__(tensors)
+        self.layout = layout
+        self.caffe = caffe
 
 
 def is_random(weights: str | Path | None) -> bool:
@@ -116,15 +138,17 @@ def _place_by_hand(arch: str, member: WeightsEnum, path: Path) -> str:
             f"or pass the file's path as the weights instead of 'imagenet'.")
 
 
-def load_checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
+def load_checkpoint_state_dict(path: str | Path) -> CheckpointState:
     """The backbone state dict stored in a local checkpoint file.
 
     Accepted layouts (a ``"module."`` prefix left by DistributedDataParallel is removed):
 
     - a plain state dict ``{name: tensor}``: torchvision's layout for the torchvision nets
-      (``torch.save(model.state_dict())``), or a :class:`Backbone`'s own ``state_dict()``;
+      (``torch.save(model.state_dict())``), or a :class:`Backbone`'s own ``state_dict()``
+      (not for ``zf``: wrap it as ``{"backbone": state_dict}``, see the module doc);
     - ``{"backbone": state_dict, ...}``: a nocdet pre-training checkpoint; the other entries
-      (optimiser, iteration, config) are ignored;
+      (optimiser, iteration, config) are ignored. With a ``"caffe_conversion"`` entry: a
+      ``nocdet convert-caffe`` file;
     - ``{"model": state_dict, ...}``: a whole-model checkpoint; when some of its keys start with
       ``"backbone."`` only those are taken (prefix removed), otherwise the whole dict is used.
     """
@@ -134,12 +158,19 @@ def load_checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
                         f"'imagenet:<ENUM>' or the path of a checkpoint)", path=path)
     content = _torch_load(path)
     if isinstance(content, Mapping) and "backbone" in content and isinstance(content["backbone"], Mapping):
-        return _tensor_dict(content["backbone"], path, record="backbone")
+        tensors = _tensor_dict(content["backbone"], path, record="backbone")
+        caffe = content.get(CAFFE_CONVERSION_KEY)
+        if caffe is None:
+            return CheckpointState(tensors, "backbone")
+        if not isinstance(caffe, Mapping):
+            raise DataError(f"the '{CAFFE_CONVERSION_KEY}' entry is a {type(caffe).__name__}, not a record",
+                            path=path, record=CAFFE_CONVERSION_KEY)
+        return CheckpointState(tensors, "caffe", caffe)
     if isinstance(content, Mapping) and "model" in content and isinstance(content["model"], Mapping):
         model = _tensor_dict(content["model"], path, record="model")
         prefixed = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
-        return prefixed or model
-    return _tensor_dict(content, path)
+        return CheckpointState(prefixed or model, "model")
+    return CheckpointState(_tensor_dict(content, path), "plain")
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str | Path, *,
@@ -151,8 +182,12 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
     ``optional_prefixes``: groups of module keys a checkpoint may leave out entirely (fc6/fc7 under
     ``classifier.``), but not in part. ``num_batches_tracked`` counters are never required, so
     BatchNorm and FrozenBatchNorm2d checkpoints load into each other.
+    A :class:`CheckpointState` from a ``nocdet convert-caffe`` file also sets the module's input
+    normalisation (``mean``/``std``) from the file's record; one holding a bare ZF state dict is
+    refused (see the module doc).
     Raises DataError naming ``source`` and listing missing, unexpected and mis-shaped keys.
     """
+    normalisation = _caffe_origin_check(module, state_dict, source)
     ignored, optional = tuple(ignored_prefixes), tuple(optional_prefixes)
     state_dict = _strip_prefix(state_dict, "module.")
     expected = module.state_dict()
@@ -177,7 +212,28 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor],
         raise DataError("; ".join(parts), path=source)
     loadable = {k: v for k, v in state_dict.items() if k in expected}
     module.load_state_dict(loadable, strict=False)
+    if normalisation is not None:
+        module.mean, module.std = normalisation
     return set(loadable)
+
+
+def _caffe_origin_check(module: nn.Module, state_dict: Mapping[str, Tensor], source: str | Path
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a converted Caffe model prescribes; a refusal for a bare ZF state dict file."""
+    arch = getattr(module, "name", None)
+    caffe = getattr(state_dict, "caffe", None)
+    if caffe is not None:
+        from nocdet.features.caffe_zf import conversion_normalisation
+
+        return conversion_normalisation(caffe, arch, source)
+    if arch in CAFFE_ONLY_BACKBONES and getattr(state_dict, "layout", None) == "plain":
+        raise DataError(f"a bare state dict for {arch!r} is refused: it cannot be told apart from a plain "
+                        f"conversion of a Caffe model, which loads without error and computes wrong features "
+                        f"(Caffe's BGR channel order; SPPnet's padding). Convert the caffemodel with "
+                        f"`nocdet convert-caffe MODEL.caffemodel --arch zf --out zf.pt` (docs/zf_weights.md); "
+                        f"if this file holds weights nocdet trained, save them as {{'backbone': state_dict}}",
+                        path=source)
+    return None
 
 
 def _torch_load(path: Path) -> object:
