@@ -24,14 +24,13 @@ conv layers anyway: nocdet builds no SPPnet-geometry ZF, so such a conversion co
 the silently shifted features this module exists to prevent.
 
 The output file is ``{"backbone": state_dict, "caffe_conversion": record}``;
-:func:`conversion_normalisation` is the weights loader's check of that record. Caffe's fc8 /
+:func:`~nocdet.features.caffe_record.conversion_normalisation` is the weights loader's check of that record. Caffe's fc8 /
 cls_score / bbox_pred / rpn layers are dropped: nocdet's ZF keeps conv1..conv5 and fc6/fc7
 (``classifier.0`` / ``classifier.3``), and a detector trains its own classifier.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +41,9 @@ from torch import Tensor
 from nocdet.errors import ConfigError, DataError
 from nocdet.features.backbones import ZFNet
 from nocdet.features.caffemodel import CaffeLayer, read_caffemodel
-from nocdet.features.weights import CAFFE_CONVERSION_KEY as CONVERSION_KEY
+from nocdet.features.caffe_record import CONVERSION_KEY, FORMAT, GEOMETRY, INPUT_SCALE, PIXEL_MEAN_RGB
 from nocdet.io import atomic_torch_save
 
-FORMAT = "nocdet-caffe-zf/1"
-GEOMETRY = "py-faster-rcnn"
-#: the network input is INPUT_SCALE * (RGB in [0, 1]) - PIXEL_MEAN_RGB: Caffe's 0-255 scale and
-#: py-faster-rcnn's PIXEL_MEANS (BGR 102.9801, 115.9465, 122.7717) in RGB order
-INPUT_SCALE = 255.0
-PIXEL_MEAN_RGB = (122.7717, 115.9465, 102.9801)
 #: Caffe layer name -> nocdet ZF state dict prefix (fc6 / fc7 are ``classifier[0]`` / ``classifier[3]``)
 LAYER_KEYS = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "conv4": "conv4", "conv5": "conv5",
               "fc6": "classifier.0", "fc7": "classifier.3"}
@@ -123,32 +116,6 @@ def convert_zf(layers: list[CaffeLayer], target: ZFNet, source: str | Path) -> Z
         "dropped_layers": [layer.name for layer in layers if layer.blobs and layer.name not in kept],
         "fc67": bool(fc)}
     return ZFConversion(state, record)
-
-
-def conversion_normalisation(record: Mapping[str, object], arch: str | None, source: str | Path
-                             ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The backbone (mean, std) on RGB in [0, 1] that a ``convert-caffe`` ``record`` prescribes.
-
-    Raises DataError naming ``source`` when the record is not this converter's, is for another
-    backbone than ``arch``, or says another channel order or geometry than nocdet's ZF.
-    """
-    problems = []
-    if record.get("format") != FORMAT:
-        problems.append(f"format {record.get('format')!r} (this nocdet reads {FORMAT!r})")
-    if record.get("arch") != arch:
-        problems.append(f"converted for backbone {record.get('arch')!r}, loaded into {arch!r}")
-    if record.get("channel_order") != "RGB":
-        problems.append(f"channel order {record.get('channel_order')!r} (nocdet feeds RGB)")
-    if record.get("geometry") != GEOMETRY:
-        problems.append(f"geometry {record.get('geometry')!r} (nocdet's ZF is {GEOMETRY!r})")
-    scale, mean = record.get("input_scale"), record.get("pixel_mean_rgb")
-    if not isinstance(scale, (int, float)) or scale <= 0 or not isinstance(mean, (list, tuple)) or len(mean) != 3:
-        problems.append(f"no usable input convention (input_scale {scale!r}, pixel_mean_rgb {mean!r})")
-    if problems:
-        raise DataError(f"the '{CONVERSION_KEY}' record of this weights file does not fit: " + "; ".join(problems)
-                        + ". Convert the caffemodel again with `nocdet convert-caffe` (docs/zf_weights.md)",
-                        path=source)
-    return tuple(float(m) / float(scale) for m in mean), (1.0 / float(scale),) * 3
 
 
 def _index(layers: list[CaffeLayer], source: str | Path) -> dict[str, CaffeLayer]:

@@ -37,12 +37,12 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model_weights
 
 from nocdet.errors import ConfigError, DataError
+from nocdet.features.caffe_record import CONVERSION_KEY, conversion_normalisation
 
 IMAGENET = "imagenet"
 OFFLINE_ENV = "NOCDET_OFFLINE"  # "1" (or true/yes/on): never download, a missing hub file is an error
 _HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: "resnet50-11ad3fa6.pth" -> "11ad3fa6"
 _SHOWN_KEYS = 8  # how many keys an error message lists before "... and N more"
-CAFFE_CONVERSION_KEY = "caffe_conversion"  # the record a `nocdet convert-caffe` file holds next to "backbone"
 #: backbones whose pre-trained weights exist only as Caffe models: a bare state dict file is refused
 CAFFE_ONLY_BACKBONES = ("zf",)
 
@@ -154,17 +154,17 @@ def load_checkpoint_state_dict(path: str | Path) -> CheckpointState:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"no such checkpoint file (weights must be 'random', 'imagenet', "
-                        f"'imagenet:<ENUM>' or the path of a checkpoint)", path=path)
+        raise DataError("no such checkpoint file (weights must be 'random', 'imagenet', "
+                        "'imagenet:<ENUM>' or the path of a checkpoint)", path=path)
     content = _torch_load(path)
     if isinstance(content, Mapping) and "backbone" in content and isinstance(content["backbone"], Mapping):
         tensors = _tensor_dict(content["backbone"], path, record="backbone")
-        caffe = content.get(CAFFE_CONVERSION_KEY)
+        caffe = content.get(CONVERSION_KEY)
         if caffe is None:
             return CheckpointState(tensors, "backbone")
         if not isinstance(caffe, Mapping):
-            raise DataError(f"the '{CAFFE_CONVERSION_KEY}' entry is a {type(caffe).__name__}, not a record",
-                            path=path, record=CAFFE_CONVERSION_KEY)
+            raise DataError(f"the '{CONVERSION_KEY}' entry is a {type(caffe).__name__}, not a record",
+                            path=path, record=CONVERSION_KEY)
         return CheckpointState(tensors, "caffe", caffe)
     if isinstance(content, Mapping) and "model" in content and isinstance(content["model"], Mapping):
         model = _tensor_dict(content["model"], path, record="model")
@@ -223,7 +223,6 @@ def _caffe_origin_check(module: nn.Module, state_dict: Mapping[str, Tensor], sou
     arch = getattr(module, "name", None)
     caffe = getattr(state_dict, "caffe", None)
     if caffe is not None:
-        from nocdet.features.caffe_zf import conversion_normalisation
 
         return conversion_normalisation(caffe, arch, source)
     if arch in CAFFE_ONLY_BACKBONES and getattr(state_dict, "layout", None) == "plain":
