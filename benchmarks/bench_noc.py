@@ -195,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     for pool, noc in (("pool 1 scale", "mlp"), ("pool 1 scale", "conv"), ("pool 2 scales", "maxout")):
         ratio = seconds[pool] / seconds[noc]
         print(f"{pool} / {noc} forward: {ratio:.1%}  {verdict(ratio < POOL_TARGET)} (< {POOL_TARGET:.0%})")
+    for name in ("conv", "maxout"):  # the detectors' default layout is NCHW
+        ratio = seconds[f"{name} channels_last"] / seconds[name]
+        print(f"{name} channels_last / default (NCHW) time: {ratio:.2f}x  "
+              f"{verdict(ratio >= 1.0)} (default is the faster layout)")
     return 0
 
 

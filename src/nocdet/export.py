@@ -142,7 +142,7 @@ def _metadata(detector: FrozenNoCDetector) -> dict[str, str]:
     return {"nocdet.format": "nocdet-frozen-detector-onnx", "nocdet.classes": json.dumps(detector.classes),
             "nocdet.score": test.score,
             "nocdet.postprocess": json.dumps({"nms_iou": test.nms_iou, "max_detections": test.max_detections,
-                                              "score_threshold": test.score_threshold}),
+                                              "cap": test.cap, "score_threshold": test.score_threshold}),
             "nocdet.noc": str(detector.head.spec), "nocdet.backbone": detector.config.backbone.name}
 
 

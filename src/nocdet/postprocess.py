@@ -5,6 +5,7 @@ Shape shorthand: R = regions, K = object classes (background excluded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -17,7 +18,22 @@ from nocdet.data.sample import Detections
 class PostprocessConfig:
     nms_iou: float = 0.3
     max_detections: int = 100
+    # what max_detections counts: the detections of an "image" over all classes (py-faster-rcnn), or
+    # those of each "class" in an image (SPPnet's and R-CNN's test code)
+    cap: Literal["image", "class"] = "image"
     score_threshold: float = 0.05  # softmax scores; SVM scores use e.g. -1.5 (SPPnet)
+
+
+def _cap_per_class(keep: Tensor, labels: Tensor, limit: int) -> Tensor:
+    """The first ``limit`` of each class among ``keep`` (indices in decreasing score), order kept."""
+    lab = labels[keep]
+    order = torch.argsort(lab, stable=True)  # grouped by class, decreasing score within a class
+    counts = torch.bincount(lab[order])
+    first_of_class = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order)) - first_of_class[lab[order]]
+    chosen = torch.zeros(len(keep), dtype=torch.bool)
+    chosen[order[rank < limit]] = True
+    return keep[chosen]
 
 
 def detect_from_scores(image_id: str, boxes: Tensor, scores: Tensor, width: int, height: int,
@@ -27,7 +43,8 @@ def detect_from_scores(image_id: str, boxes: Tensor, scores: Tensor, width: int,
     ``boxes`` is ``[R, 4]`` (the same box for every class) or ``[R, K, 4]`` (class-specific boxes
     after box regression); ``scores`` is ``[R, K]`` (softmax probabilities without the background
     column, or SVM scores). Boxes are clipped to the image, degenerate ones dropped, then
-    per-class NMS and the ``max_detections`` best are kept.
+    per-class NMS, and the ``max_detections`` best are kept: of the image (``cap`` "image") or of
+    each class (``cap`` "class"). Detections come in decreasing score.
     """
     num_regions, num_classes = scores.shape
     if boxes.dim() == 2:
@@ -37,5 +54,9 @@ def detect_from_scores(image_id: str, boxes: Tensor, scores: Tensor, width: int,
     labels = torch.arange(1, num_classes + 1).repeat(num_regions)
     keep = (scores > config.score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_detections]
+    keep = batched_nms(boxes, scores, labels, config.nms_iou)  # decreasing score
+    if config.cap == "class":
+        keep = _cap_per_class(keep, labels, config.max_detections)
+    else:
+        keep = keep[: config.max_detections]
     return Detections(image_id, boxes[keep].numpy(), scores[keep].numpy(), labels[keep].numpy())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from nocdet.config import load_config, load_yaml
+from nocdet.config import bounded, load_config, load_yaml
 from nocdet.devices import check_device_name
 from nocdet.e2e.solver import E2ESolverConfig
 from nocdet.errors import ConfigError
@@ -89,6 +89,7 @@ class E2ENoCConfig:
     cls_std: float = 0.01
     bbox_std: float = 0.001
     stage_stride: int = 2
+    dropout: float = bounded(0.0, ge=0, lt=1)  # after each hidden fc (Fast/Faster R-CNN's VGG-16: 0.5; noc/spec.py)
 
 
 @dataclass

@@ -146,7 +146,7 @@ def build_noc(cfg: E2EModelConfig, backbone: Backbone, num_classes: int, pretrai
     if size is None:
         size = backbone.roi_size * (2 if has_stage and cfg.noc.stage_stride == 2 else 1)
     head = NoCHead(spec, backbone.out_channels, size, num_classes, box_regression=True,
-                   stage_factory=stage_factory(backbone, cfg.noc.stage_stride))
+                   stage_factory=stage_factory(backbone, cfg.noc.stage_stride), dropout=cfg.noc.dropout)
     noc = cfg.noc
     if noc.init == "finetune" and pretrained:
         fc67 = backbone.fc67()

@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision.ops import roi_align, roi_pool
 
 from nocdet.errors import ConfigError
+from nocdet.features.roi_pooling import roi_max_pool
 
 #: Fast R-CNN / SPPnet ideal pooled area: the 224 x 224 input of the pre-trained net.
 TARGET_AREA = 224 * 224
@@ -27,6 +28,8 @@ TARGET_AREA = 224 * 224
 FeatureLevel = Tensor | Sequence[Tensor]
 #: RoIs per pooling call on the CPU: small enough to balance the threads (see _pool_jobs).
 CPU_CHUNK = 256
+#: Pooling modes with a vectorised CPU kernel (see _vectorised).
+VECTORISED_MODES = ("max",)
 
 
 def pyramid_scale_factors(width: int, height: int, scales: Sequence[int],
@@ -110,11 +113,25 @@ def select_scale(boxes: Tensor, factors: Tensor | Sequence[float],
 
 
 def random_scale(boxes: Tensor, num_levels: int, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random level per box (SPPnet's training-time choice): ``[R]`` int64."""
+    """A uniformly random level of all ``num_levels`` per box (SPPnet's training-time choice,
+    ``random_scale = 1`` in its released code): ``[R]`` int64."""
     if num_levels < 1:
         raise ValueError(f"num_levels must be >= 1, got {num_levels}")
     _check_boxes(boxes)
     return torch.randint(num_levels, (boxes.shape[0],), generator=generator).to(boxes.device)
+
+
+def random_adjacent_pair(boxes: Tensor, num_levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random adjacent pair ``(i, i + 1)`` of ``num_levels`` per box: ``[R, 2]`` int64.
+
+    The maxout NoC's training rule (:func:`select_adjacent_pair` with ``training=True``): every
+    one of the ``num_levels - 1`` pairs is equally likely, whatever the box's size.
+    """
+    if num_levels < 2:
+        raise ValueError(f"a maxout pair needs at least two pyramid levels, got {num_levels}")
+    _check_boxes(boxes)
+    first = torch.randint(num_levels - 1, (boxes.shape[0],), generator=generator).to(boxes.device)
+    return torch.stack([first, first + 1], dim=1)
 
 
 def select_adjacent_pair(boxes: Tensor, factors: Tensor | Sequence[float],
@@ -126,21 +143,21 @@ def select_adjacent_pair(boxes: Tensor, factors: Tensor | Sequence[float],
     the box's ideal factor ``sqrt(target_area / (w h))`` (the factor that would make its area
     exactly ``target_area``), i.e. ``f_i <= ideal < f_{i+1}``, tested without a square root as
     ``w h f_i^2 <= target_area``. An ideal factor below the smallest or at/above the largest
-    takes the two smallest or the two largest levels. During training a uniformly random
-    adjacent pair. ``factors`` must be sorted strictly ascending.
+    takes the two smallest or the two largest levels. During training (``training=True``) a
+    uniformly random adjacent pair (:func:`random_adjacent_pair`): the pair counterpart of SPPnet's
+    random training scale. ``factors`` must be sorted strictly ascending.
     """
     f = _as_factors(factors)
     if f.numel() < 2:
         raise ValueError(f"a maxout pair needs at least two pyramid levels, got {f.numel()}")
     if not (f[1:] > f[:-1]).all():
         raise ValueError(f"scale factors must be strictly ascending, got {f.tolist()}")
+    if training:
+        return random_adjacent_pair(boxes, f.numel(), generator)
     areas = _box_areas(boxes)
     f = f.to(areas.device)
-    if training:
-        first = torch.randint(f.numel() - 1, (areas.shape[0],), generator=generator).to(areas.device)
-    else:
-        at_most_ideal = areas[:, None] * f[None, :] ** 2 <= target_area  # empty boxes: all levels
-        first = (at_most_ideal.sum(dim=1) - 1).clamp(0, f.numel() - 2)
+    at_most_ideal = areas[:, None] * f[None, :] ** 2 <= target_area  # empty boxes: all levels
+    first = (at_most_ideal.sum(dim=1) - 1).clamp(0, f.numel() - 2)
     return torch.stack([first, first + 1], dim=1)
 
 
@@ -172,24 +189,42 @@ def _first_map(features: Sequence[FeatureLevel]) -> Tensor:
     return features[0] if isinstance(features[0], Tensor) else features[0][0]
 
 
+def _vectorised(fmap: Tensor, mode: str) -> bool:
+    """Whether a job runs :func:`nocdet.features.roi_pooling.roi_max_pool` rather than torchvision.
+
+    Only on one torch thread: there it measured 1.5-2.3x faster than torchvision's kernel; with
+    more threads on a shared (oversubscribed) machine its many OpenMP regions measured far
+    slower than torchvision's single-threaded chunks on Python threads (benchmarks/RESULTS.md).
+    It records no gradient equal to torchvision's, so maps that need gradients keep
+    torchvision's op, as do GPU maps.
+    """
+    return (fmap.device.type == "cpu" and mode in VECTORISED_MODES and torch.get_num_threads() == 1
+            and not (torch.is_grad_enabled() and fmap.requires_grad))
+
+
 def _pool_jobs(jobs: list[tuple[Tensor, Tensor, Tensor]], out: Tensor, spatial_scale: float,
                mode: str, sampling_ratio: int, aligned: bool) -> Tensor:
     """Run pooling jobs ``(map [B, C, H, W], rois [N, 5], rows of out [N])`` into ``out``.
 
-    torchvision's CPU RoI kernels are single-threaded (and release the GIL): on the CPU each job
-    is cut into chunks of ``CPU_CHUNK`` RoIs, pooled on ``torch.get_num_threads()`` threads
-    (1.4-1.8x faster than one call per level on 2 cores; benchmarks/RESULTS.md). The caller's
-    grad and inference modes hold in the threads; results are copied into ``out`` in the
-    calling thread.
+    Jobs that pass :func:`_vectorised` run :func:`nocdet.features.roi_pooling.roi_max_pool`, one
+    call per job, writing straight into ``out``. The others run torchvision's ops:
+    its CPU kernels are single-threaded (and release the GIL), so there each job is cut into
+    chunks of ``CPU_CHUNK`` RoIs, pooled on ``torch.get_num_threads()`` threads (1.4-1.8x
+    faster than one call per level on 2 cores; benchmarks/RESULTS.md). The caller's grad and
+    inference modes hold in the threads; results are copied into ``out`` in the calling thread.
     """
+    size = out.shape[-1]
     tasks = []
     for fmap, rois, index in jobs:
-        if fmap.device.type == "cpu":
+        if _vectorised(fmap, mode):
+            out = roi_max_pool(fmap, rois.to(fmap.dtype), size, spatial_scale, out, index)
+        elif fmap.device.type == "cpu":
             tasks += [(fmap, r, i) for r, i in zip(rois.split(CPU_CHUNK), index.split(CPU_CHUNK))]
         else:
             tasks.append((fmap, rois, index))
+    if not tasks:
+        return out
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    size = out.shape[-1]
 
     def pool(task: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         fmap, rois, _ = task
@@ -200,7 +235,7 @@ def _pool_jobs(jobs: list[tuple[Tensor, Tensor, Tensor]], out: Tensor, spatial_s
             return roi_align(fmap, rois, size, spatial_scale, sampling_ratio, aligned)
 
     threads = min(torch.get_num_threads(), len(tasks))
-    executor = ThreadPoolExecutor(threads) if threads > 1 and jobs[0][0].device.type == "cpu" else None
+    executor = ThreadPoolExecutor(threads) if threads > 1 and tasks[0][0].device.type == "cpu" else None
     try:
         results = executor.map(pool, tasks) if executor else map(pool, tasks)
         for (_, _, index), pooled in zip(tasks, results):
@@ -236,8 +271,18 @@ def _pool_flat(features: Sequence[FeatureLevel], image_index: Tensor, boxes: Ten
             mine = (images == b).nonzero().flatten()
             jobs.append((maps[b], F.pad(scaled[mine], (1, 0)), index[mine]))
     first = _first_map(features)
-    out = first.new_empty((len(image_index), first.shape[1], output_size, output_size))
-    return _pool_jobs(jobs, out, spatial_scale, mode, sampling_ratio, aligned) if jobs else out
+    layout = torch.channels_last if jobs and all(_vectorised(j[0], mode) for j in jobs) else torch.contiguous_format
+    out = torch.empty((len(image_index), first.shape[1], output_size, output_size), dtype=first.dtype,
+                      device=first.device, memory_format=layout)
+    out = _pool_jobs(jobs, out, spatial_scale, mode, sampling_ratio, aligned) if jobs else out
+    return out.contiguous(memory_format=_memory_format(first))
+
+
+def _memory_format(fmap: Tensor) -> torch.memory_format:
+    """channels_last for a channels-last map (that is not also plain contiguous), else contiguous."""
+    if fmap.is_contiguous() or not fmap.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def _flatten(boxes: Sequence[Tensor], levels: Sequence[Tensor],

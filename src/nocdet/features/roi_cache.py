@@ -7,8 +7,9 @@ evaluated on the cache (a design-space study costs one extraction).
 For each region the cache stores its pooled features at the two adjacent pyramid levels that
 bracket its ideal scale (:func:`nocdet.features.pyramid.select_adjacent_pair`) and which of the
 two is the single best level (:func:`nocdet.features.pyramid.select_scale`), so one cache serves
-single-scale NoCs (the best level; or a random one of the two while training, our stand-in for
-SPPnet's random scale) and maxout NoCs (both). With one pyramid level only one slot is stored.
+single-scale NoCs (the best level; or a random one of the two while training, narrower than
+SPPnet's random level of the whole pyramid, which needs the "maps" store) and maxout NoCs (both).
+With one pyramid level only one slot is stored.
 
 Two stores (``ExtractionSettings.store``): "pooled" keeps those pooled features, N x P x C x m x m
 float16 values per shard (ZF on VOC, 2,000 regions x 2 x 256 x 6 x 6: ~74 MB per image); "maps"

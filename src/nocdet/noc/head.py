@@ -65,12 +65,16 @@ class NoCHead(nn.Module):
     classifier. ``stage_factory(names, in_channels) -> (module, out_channels)`` builds stage
     tokens (``res5a,5b,5c``, ``inc4e,5a,5b``); by default torchvision blocks with random weights,
     where ``stage_stride`` (2 or 1) says whether res5a halves the pooled map (see noc/stages.py).
+    ``dropout`` p > 0 ends each hidden fc layer with dropout p unless an explicit ``d<q>`` follows
+    it (the paper's training; noc/spec.py, "Dropout").
     """
 
     def __init__(self, spec: str | NoCSpec, in_channels: int, roi_size: int,
                  num_classes: int | None = None, box_regression: bool = False,
-                 stage_factory: StageFactory | None = None, stage_stride: int = 2):
+                 stage_factory: StageFactory | None = None, stage_stride: int = 2, dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise SpecError(f"the NoC dropout probability must be in [0, 1), got {dropout}")
         spec = as_spec(spec)
         if num_classes is not None:
             spec = spec.resolve(num_classes)
@@ -83,6 +87,8 @@ class NoCHead(nn.Module):
         self.spec = spec
         self.in_channels = in_channels
         self.roi_size = roi_size
+        self.dropout = dropout
+        dropped = set(spec.implicit_dropout()) if dropout > 0 else set()
         factory = stage_factory or functools.partial(build_stage, stride=stage_stride)
 
         self.blocks = nn.ModuleList()
@@ -99,7 +105,8 @@ class NoCHead(nn.Module):
                 shape = (layer.params["out"],)
                 self._table.append((layer, -1, shape))
             else:
-                block, shape = self._build(layer, shape, spec.layers[i + 1], factory)
+                block, shape = self._build(layer, shape, spec.layers[i + 1], factory,
+                                           dropout if i in dropped else 0.0)
                 self.blocks.append(block)
                 self._table.append((layer, len(self.blocks) - 1, shape))
         self.feature_dim = self.cls_score.in_features
@@ -107,9 +114,10 @@ class NoCHead(nn.Module):
         self.bbox_pred = nn.Linear(self.feature_dim, 4 * self.num_outputs) if box_regression else None
 
     @staticmethod
-    def _build(layer: LayerSpec, shape: tuple[int, ...], next_layer: LayerSpec,
-               factory: StageFactory) -> tuple[nn.Module, tuple[int, ...]]:
-        """The module of one hidden layer and its per-region output shape."""
+    def _build(layer: LayerSpec, shape: tuple[int, ...], next_layer: LayerSpec, factory: StageFactory,
+               dropout: float) -> tuple[nn.Module, tuple[int, ...]]:
+        """The module of one hidden layer and its per-region output shape; ``dropout`` > 0 ends an fc
+        layer with dropout (after the Linear and ReLU, which keep their indices in the state dict)."""
         p = layer.params
         if layer.kind == "conv":
             conv = nn.Conv2d(shape[0], p["out"], p["kernel"], padding=p["kernel"] // 2)
@@ -120,7 +128,8 @@ class NoCHead(nn.Module):
         if layer.kind == "fc":
             flatten = [nn.Flatten()] if len(shape) > 1 else []
             linear = nn.Linear(math.prod(shape), p["out"])
-            return nn.Sequential(*flatten, linear, nn.ReLU(inplace=True)), (p["out"],)
+            drop = [nn.Dropout(dropout)] if dropout > 0 else []
+            return nn.Sequential(*flatten, linear, nn.ReLU(inplace=True), *drop), (p["out"],)
         if layer.kind == "dropout":
             return nn.Dropout(p["p"]), shape
         if layer.kind == "stage":
@@ -202,7 +211,8 @@ class NoCHead(nn.Module):
         return NoCOutput(logits, features, deltas)
 
     def extra_repr(self) -> str:
-        return f"spec={str(self.spec)!r}, input={'x'.join(map(str, self.input_shape))}"
+        return (f"spec={str(self.spec)!r}, input={'x'.join(map(str, self.input_shape))}"
+                + (f", dropout={self.dropout:g}" if self.dropout else ""))
 
 
 def _stage_macs(module: nn.Module, in_shape: tuple[int, ...]) -> int:

@@ -32,6 +32,20 @@ once and may stand anywhere (first: max of the two pooled inputs; last: max of t
 a stage comes first (after a leading ``mo`` at most); conv layers come before fc layers and not
 after a stage (a stage ends with global average pooling); ``bn`` directly follows a conv.
 
+Dropout
+-------
+The paper writes its NoCs without dropout (``f4096-f4096-f21``) but trained them as SPPnet trained
+its fc head and as Fast/Faster R-CNN train theirs: dropout 0.5 after each hidden fc layer (fc6,
+fc7). A string names the layers; the NoC-wide dropout rate is a training setting beside it
+(``NoCHead(dropout=p)``, config ``noc.dropout``: 0.5 in the paper configs, 0 elsewhere). With a
+rate p > 0, every hidden fc layer (an ``f<N>`` other than the classifier) that no explicit
+``d<q>`` follows (a ``mo`` in between skipped; :meth:`NoCSpec.implicit_dropout`) gets dropout p
+as the last step of the layer (Linear, ReLU, Dropout; with ``mo`` right after an fc, each pathway
+is dropped before the max). So ``f4096-f4096-f21`` at rate 0.5 is the paper's network,
+``f4096-d0.3-f4096-f21`` keeps 0.3 after the first fc and gets 0.5 after the second, and rate 0
+leaves only the explicit tokens. Dropout acts in training only: the test-time network, its
+parameters and its state-dict keys are the same at every rate.
+
 New tokens: add a :class:`TokenRule` to ``TOKEN_RULES`` (and a builder in ``noc/head.py``).
 """
 from __future__ import annotations
@@ -195,6 +209,15 @@ class NoCSpec:
     def num_outputs(self) -> int | None:
         """Outputs of the classifier (classes + background); None while written as n+1."""
         return self.classifier.params["out"]
+
+    def implicit_dropout(self) -> tuple[int, ...]:
+        """Indices of the hidden fc layers that a NoC-wide dropout rate applies to: every fc layer
+        but the classifier whose next layer (``mo`` skipped) is not an explicit ``d<p>``."""
+        cls = self.classifier_index
+        after = [x for x in self.layers if x.kind != "maxout"]
+        index = [i for i, x in enumerate(self.layers) if x.kind != "maxout"]
+        return tuple(i for j, i in enumerate(index)
+                     if self.layers[i].kind == "fc" and i != cls and after[j + 1].kind != "dropout")
 
     def without_maxout(self) -> NoCSpec:
         """The single-pathway twin: same layers and weights, no ``mo``."""

@@ -59,6 +59,9 @@ class BoxRegressionConfig:
     target_norm: float = 20.0
     norm_boxes_per_image: int = 200
     use_difficult: bool = False
+    # also train on the flipped copies of a cache built with flips (SPPnet: no, opts.flip = false);
+    # the records' source decides (training/post_hoc.py)
+    use_flipped: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

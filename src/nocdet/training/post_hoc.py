@@ -6,7 +6,9 @@
   best pyramid level, applied once to the test regions.
 
 The cache's ground-truth rows are the non-difficult objects (difficult ones are left out of
-training, as in Fast R-CNN), so the records carry those objects only.
+training, as in Fast R-CNN), so the records carry those objects only. A training cache built
+with flips holds each image twice; both stages read the flipped copies only when their config's
+``use_flipped`` says so (SPPnet trains them on the unflipped images).
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ from nocdet.training.roi_sampler import Pathways, gather_inputs
 from nocdet.training.svm import LinearSVMs, RegionFeatures, SVMConfig, train_svms
 
 
-def _records(cache: RoIFeatureCache, features_of: Callable[[CacheShard, np.ndarray], Tensor]
-             ) -> Callable[[], Iterator[RegionFeatures]]:
-    """Re-iterable per-image records of a training cache with ``features_of(shard, rows)``."""
+def _records(cache: RoIFeatureCache, features_of: Callable[[CacheShard, np.ndarray], Tensor],
+             use_flipped: bool) -> Callable[[], Iterator[RegionFeatures]]:
+    """Re-iterable per-image records of a training cache with ``features_of(shard, rows)``;
+    without ``use_flipped`` the cache's flipped copies are left out."""
 
     def records() -> Iterator[RegionFeatures]:
         for shard, index in cache.images():
+            if shard.flipped[index] and not use_flipped:
+                continue
             regions = region_slice(shard, index)
             rows = np.arange(regions.start, regions.stop)
             is_gt = torch.from_numpy(np.asarray(shard.is_gt[regions]))
@@ -65,9 +70,11 @@ def pooled_features(shard: CacheShard, rows: np.ndarray) -> Tensor:
 
 def fit_svms(head: NoCHead, cache: RoIFeatureCache, num_classes: int, mode: str, config: SVMConfig,
              progress: bool) -> LinearSVMs:
-    return train_svms(_records(cache, noc_features(head, mode)), num_classes, config, progress)
+    return train_svms(_records(cache, noc_features(head, mode), config.use_flipped), num_classes, config,
+                      progress)
 
 
 def fit_box_regressor(cache: RoIFeatureCache, num_classes: int, config: BoxRegressionConfig,
                       progress: bool) -> BoxRegressor:
-    return train_box_regressor(_records(cache, pooled_features), num_classes, config, progress)
+    return train_box_regressor(_records(cache, pooled_features, config.use_flipped), num_classes, config,
+                               progress)

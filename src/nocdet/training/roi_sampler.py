@@ -6,6 +6,12 @@ class) and the rest background (IoU in ``[bg_iou_lo, bg_iou_hi)``, label 0). Ima
 a seeded random order, epoch after epoch; the sampler's state is one numpy ``Generator`` plus a
 position, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
 
+Which pyramid level(s) of a region feed the NoC is a :class:`Pathways` value. The cache keeps
+two adjacent levels per region (those bracketing its ideal scale), so the jitter of ``random`` is
+one of those two; SPPnet's jitter (``all``: a uniformly random level of the whole pyramid) and the
+maxout training rule (``random_pair``: a uniformly random adjacent pair) pool other levels and need
+the ``maps`` store, which keeps every level's conv maps (:mod:`nocdet.features.map_store`).
+
 Shape shorthand: R = regions in a batch, P = cached pathways, C, m = pooled channels and size.
 """
 from __future__ import annotations
@@ -18,6 +24,9 @@ import torch
 from torch import Tensor
 
 from nocdet.config import bounded
+from nocdet.errors import ConfigError
+from nocdet.features.map_store import MapFeatures
+from nocdet.features.pyramid import random_adjacent_pair, random_scale
 from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
 
 
@@ -43,17 +52,78 @@ class RoIBatch:
 
 
 class Pathways(StrEnum):
-    """Which cached pyramid level(s) of a region feed the NoC."""
+    """Which pyramid level(s) of a region feed the NoC."""
 
-    PAIR = "pair"  # both adjacent levels: the two pathways of a maxout NoC
+    PAIR = "pair"  # both cached adjacent levels: the two pathways of a maxout NoC (test time)
     BEST = "best"  # the level whose region is closest to the target area (test time)
-    RANDOM = "random"  # one of the two levels at random: training-time scale jitter
+    RANDOM = "random"  # one of the two cached levels at random: nocdet's narrow training jitter
+    ALL = "all"  # a uniformly random level of all levels: SPPnet's training jitter (maps store)
+    RANDOM_PAIR = "random_pair"  # a uniformly random adjacent pair of all levels: maxout training (maps store)
+
+    @property
+    def at_test(self) -> Pathways:
+        """The test-time counterpart of a training choice (no jitter): BEST or PAIR."""
+        return {Pathways.RANDOM: Pathways.BEST, Pathways.ALL: Pathways.BEST,
+                Pathways.RANDOM_PAIR: Pathways.PAIR}.get(self, self)
+
+    @property
+    def needs_every_level(self) -> bool:
+        """True when regions are pooled at levels the cache need not hold (the ``maps`` store has all)."""
+        return self in (Pathways.ALL, Pathways.RANDOM_PAIR)
+
+
+#: ``noc.train_scale`` values: the range of the training-scale jitter (configs/README.md)
+TRAIN_SCALES = ("all", "random", "best")
+
+
+def pathways_for(maxout: bool, train_scale: str, training: bool) -> Pathways:
+    """The NoC's input levels. Test time: the best level, or the cached pair for a maxout NoC.
+    Training, by ``train_scale``: ``all`` draws from every pyramid level (a level; for a maxout NoC
+    an adjacent pair), ``random`` one of the two cached levels (a maxout NoC: the cached pair, no
+    jitter), ``best`` no jitter."""
+    if train_scale not in TRAIN_SCALES:
+        raise ConfigError(f"noc.train_scale must be one of {', '.join(TRAIN_SCALES)}, got {train_scale!r}")
+    if not training or train_scale == "best":
+        return Pathways.PAIR if maxout else Pathways.BEST
+    if train_scale == "all":
+        return Pathways.RANDOM_PAIR if maxout else Pathways.ALL
+    return Pathways.PAIR if maxout else Pathways.RANDOM
+
+
+def _maps_of(shard: CacheShard, pathways: Pathways) -> MapFeatures:
+    if not isinstance(shard.features, MapFeatures):
+        raise ConfigError(f"pathways {pathways.value!r} pool regions at any pyramid level, but this cache "
+                          "keeps each region's pooled features at its two cached levels only (store "
+                          "'pooled'); use pyramid.cache: maps, or noc.train_scale: random")
+    return shard.features
+
+
+def _every_level(shard: CacheShard, index: np.ndarray, pathways: Pathways,
+                 rng: np.random.Generator) -> Tensor:
+    """Regions ``index`` pooled at freshly drawn levels of the whole pyramid: ``[R, P, C, m, m]``."""
+    features = _maps_of(shard, pathways)
+    boxes = torch.from_numpy(np.asarray(shard.boxes[index], np.float32))
+    num_levels = features.index.offset.shape[1]
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))  # the sampler's state decides
+    if pathways is Pathways.ALL:
+        levels = random_scale(boxes, num_levels, generator)[:, None]
+    elif num_levels == 1:  # one level: both pathways see it, as with a one-level cache
+        levels = torch.zeros(len(index), 2, dtype=torch.int64)
+    else:
+        levels = random_adjacent_pair(boxes, num_levels, generator)
+    view = MapFeatures(features.maps, features.index, np.asarray(shard.boxes[index]),
+                       np.asarray(shard.image[index]), levels.numpy())
+    return torch.from_numpy(view[np.arange(len(index))].astype(np.float32))
 
 
 def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: Pathways | str,
                   rng: np.random.Generator | None) -> list[Tensor]:
-    """The cached pooled features of regions ``index`` of a shard as NoC inputs (see :class:`Pathways`)."""
+    """The pooled features of regions ``index`` of a shard as NoC inputs (see :class:`Pathways`);
+    ``rng`` draws the levels of the random choices."""
     pathways = Pathways(pathways)
+    if pathways.needs_every_level:
+        x = _every_level(shard, index, pathways, rng)
+        return [x[:, k] for k in range(x.shape[1])]
     order = np.argsort(index)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
@@ -79,6 +149,9 @@ class RoISampler:
         self.cache = cache
         self.config = config
         self.pathways = Pathways(pathways)
+        if self.pathways.needs_every_level:
+            for shard in cache.shards:
+                _maps_of(shard, self.pathways)
         self.images = [(s, i) for s, i in cache.images()]
         if not self.images:
             raise ValueError(f"the cache {cache.path} holds no images")

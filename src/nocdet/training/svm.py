@@ -275,6 +275,9 @@ class SVMConfig:
     retrain_limit: int = 2000
     hard_epochs: int = 1
     use_difficult: bool = False
+    # also train on the flipped copies of a cache built with flips (SPPnet: no, opts.flip = false);
+    # the records' source decides (training/post_hoc.py)
+    use_flipped: bool = True
     tol: float = 1e-4  # liblinear's -e; its command line default for the dual solver is 0.1
     max_iter: int = 10000
     seed: int = 0
