@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 from pathlib import Path
 
@@ -177,28 +178,46 @@ def test_corrupt_cache_file_is_recomputed(tmp_path, counted, damage):
     data = make_dataset(tmp_path / "img", count=2)
     first = compute_proposals(data, tmp_path / "cache", SETTINGS, workers=0, progress=False)
     cache = ProposalCache(tmp_path / "cache", SETTINGS)
-    target = cache.file_for("im0")
+    fingerprint = ss.image_fingerprint(data.samples[0].path)
+    target = cache.file_for(fingerprint)
     if damage == "truncate":
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     elif damage == "garbage":
         target.write_bytes(b"not a cache file")
     elif damage == "wrong_shape":
-        np.savez(target, boxes=np.zeros((3, 5), np.float32), image_id=np.array("im0"),
-                 fingerprint=np.array(ss.image_fingerprint(data.samples[0].path)))
+        np.savez(target, boxes=np.zeros((3, 5), np.float32), fingerprint=np.array(fingerprint))
     else:
-        target.write_bytes(cache.file_for("im1").read_bytes())
+        target.write_bytes(cache.file_for(ss.image_fingerprint(data.samples[1].path)).read_bytes())
     again = compute_proposals(data, tmp_path / "cache", SETTINGS, workers=0, progress=False)
     assert len(counted) == 3
     np.testing.assert_array_equal(again["im0"], first["im0"])
-    fingerprint = ss.image_fingerprint(data.samples[0].path)
-    np.testing.assert_array_equal(cache.load("im0", fingerprint), first["im0"])  # repaired
+    np.testing.assert_array_equal(cache.load(fingerprint), first["im0"])  # repaired
 
 
-def test_unsafe_ids_get_distinct_file_names(tmp_path):
+def test_splits_sharing_image_ids_do_not_evict_each_other(tmp_path, counted, caplog):
+    """Two COCO files numbering their images alike: the cache is keyed by content, not id."""
+    train = make_dataset(tmp_path / "train", count=2)
+    test = make_dataset(tmp_path / "test", count=2)
+    for sample in test.samples:  # same ids im0, im1; other pictures
+        image = two_rectangles()
+        image[:, :, 2] = 255 - image[:, :, 2]
+        Image.fromarray(image[:, ::-1].copy()).save(sample.path)
+    caplog.set_level(logging.INFO, logger=ss.__name__)
+    runs = [compute_proposals(data, tmp_path / "cache", SETTINGS, workers=0, progress=False)
+            for data in (train, test, train, test)]
+    assert len(counted) == 4  # each image once: the second round reads the cache
+    assert caplog.records == []  # no "changed since cached" or "recomputing" message
+    for first, again in ((runs[0], runs[2]), (runs[1], runs[3])):
+        for image_id in first:
+            np.testing.assert_array_equal(again[image_id], first[image_id])
+
+
+def test_cache_files_are_named_by_content(tmp_path):
     cache = ProposalCache(tmp_path, SETTINGS)
-    names = {cache.file_for(i).name for i in ("a/b", "a_b", "../x", ".hidden", "a b")}
-    assert len(names) == 5
-    assert all(cache.file_for(i).parent == cache.folder for i in ("a/b", "../x", ".hidden"))
+    digest = "0123456789abcdef0123456789abcdef"
+    assert cache.file_for(f"blake2b:{digest}") == cache.folder / f"{digest}.npz"
+    with pytest.raises(ValueError):
+        cache.file_for("blake2b:../x")
 
 
 def test_workers_give_the_same_boxes_as_inline(tmp_path):
@@ -229,7 +248,7 @@ def test_two_processes_filling_one_cache_agree(tmp_path):
     cache = ProposalCache(tmp_path / "cache", SETTINGS)
     expected = compute_proposals(data, None, SETTINGS, workers=0, progress=False)
     for sample in data.samples:
-        cached = cache.load(sample.image_id, ss.image_fingerprint(sample.path))
+        cached = cache.load(ss.image_fingerprint(sample.path))
         np.testing.assert_array_equal(cached, expected[sample.image_id])
     assert not [p for p in cache.folder.iterdir() if p.name.endswith(".tmp")]
 

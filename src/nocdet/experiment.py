@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from nocdet.config import check_bounds, load_config
+from nocdet.config import bounded, check_bounds, load_config
 from nocdet.data.sample import DetectionDataset, concat
 from nocdet.devices import check_device_name
-from nocdet.errors import ConfigError
+from nocdet.errors import ConfigError, NocdetError
 from nocdet.features.registry import check_finetune_init
 from nocdet.postprocess import PostprocessConfig
 from nocdet.training.bbox_regression import BoxRegressionConfig
@@ -73,7 +73,10 @@ class NoCConfig:
     init: Literal["gaussian", "finetune"] = "gaussian"
     fc_std: float = 0.01
     cls_std: float = 0.01
-    train_scale: Literal["random", "best"] = "random"
+    # training-scale jitter: "all" pyramid levels (SPPnet; maxout: a random adjacent pair; needs
+    # pyramid.cache maps), "random" of the two cached levels, or "best" (none); configs/README.md
+    train_scale: Literal["all", "random", "best"] = "random"
+    dropout: float = bounded(0.0, ge=0, lt=1)  # after each hidden fc layer (SPPnet: 0.5; noc/spec.py)
 
 
 @dataclass
@@ -115,6 +118,10 @@ class ExperimentConfig:
 
     def check(self) -> "ExperimentConfig":
         """Cross-field checks a type check cannot do."""
+        if self.noc.train_scale == "all" and self.pyramid.cache != "maps":
+            raise ConfigError("noc.train_scale 'all' pools each training region at a random level of the whole "
+                              "pyramid, but pyramid.cache 'pooled' keeps only the two levels bracketing its "
+                              "ideal scale: set pyramid.cache: maps (SPPnet's cache) or noc.train_scale: random")
         if self.test.score == "svm" and not self.svm.enabled:
             raise ConfigError("test.score is 'svm' but svm.enabled is false; enable the SVM stage")
         if sorted(self.pyramid.scales) != list(self.pyramid.scales) or len(set(self.pyramid.scales)) != len(self.pyramid.scales):
@@ -142,19 +149,50 @@ def load_experiment(path: str | Path | None, overrides: Sequence[str] = ()) -> E
     return load_config(ExperimentConfig, path, overrides).check()
 
 
-def load_split(data: DataConfig, split: str, classes: Sequence[str] | None = None) -> DetectionDataset:
-    """One data split named as described in the module docstring."""
+def load_split(data: DataConfig, split: str, classes: Sequence[str] | None = None,
+               category_ids: Sequence[int] | None = None) -> DetectionDataset:
+    """One data split named as described in the module docstring. With ``classes`` (those of
+    the training split; for COCO with their ``category_ids``) the split is read onto them, and
+    a COCO split whose categories differ by name or id is a DataError."""
     if data.format == "coco":
-        from nocdet.data.coco import read_coco
+        from nocdet.data.coco import check_categories, read_coco
 
         if ":" not in split:
             raise ConfigError(f"a COCO split is written INSTANCES_JSON:IMAGE_DIR, got {split!r}")
         json_path, image_dir = split.rsplit(":", 1)
-        return read_coco(json_path, image_dir)
+        dataset = read_coco(json_path, image_dir)
+        if classes is not None:
+            check_categories(dataset, classes, category_ids, json_path)
+        return dataset
     from nocdet.data.voc import read_voc
 
     root, name = split.rsplit(":", 1) if ":" in split else (data.root, split)
     return read_voc(root, name, classes if classes is not None else data.classes)
+
+
+@dataclass
+class ExperimentData:
+    """The splits of an experiment, every one on the training split's classes."""
+
+    train: DetectionDataset
+    val: DetectionDataset | None
+    test: DetectionDataset
+
+
+def load_experiment_data(data: DataConfig, noc_spec: str) -> ExperimentData:
+    """Read the train, val and test splits and check, before any work, that they share the
+    training classes and that the NoC's classifier ``noc_spec`` has classes + 1 outputs."""
+    from nocdet.noc.spec import parse_noc
+
+    train = load_splits(data, data.train)
+    spec = parse_noc(noc_spec)
+    try:
+        spec.check_classes(train.num_classes)
+    except NocdetError as err:
+        raise ConfigError(f"NoC {noc_spec!r}: {err}") from err
+    test = load_split(data, data.test, train.classes, train.category_ids)
+    val = load_split(data, data.val, train.classes, train.category_ids) if data.val else None
+    return ExperimentData(train, val, test)
 
 
 def split_name(data: DataConfig, split: str) -> str:
@@ -179,5 +217,5 @@ def split_record(data: DataConfig, split: str) -> dict[str, str]:
 def load_splits(data: DataConfig, splits: Sequence[str], classes: Sequence[str] | None = None) -> DetectionDataset:
     """Several splits concatenated ("07+12"); the first one fixes the class list."""
     first = load_split(data, splits[0], classes)
-    rest = [load_split(data, s, first.classes) for s in splits[1:]]
+    rest = [load_split(data, s, first.classes, first.category_ids) for s in splits[1:]]
     return concat([first, *rest]) if rest else first

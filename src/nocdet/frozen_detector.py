@@ -73,12 +73,14 @@ class FrozenNoCDetector:
     """
 
     def __init__(self, config: ExperimentConfig, classes: Sequence[str], backbone: Backbone, head: NoCHead,
-                 svms: LinearSVMs | None = None, regressor: BoxRegressor | None = None, device: str = "cpu"):
+                 svms: LinearSVMs | None = None, regressor: BoxRegressor | None = None, device: str = "cpu",
+                 category_ids: Sequence[int] | None = None):
         if head.num_outputs != len(classes) + 1:
             raise ConfigError(f"the NoC has {head.num_outputs} outputs but there are {len(classes)} classes "
                               "+ background")
         self.config = config
         self.classes: list[str] = list(classes)
+        self.category_ids: list[int] = list(category_ids or range(1, len(self.classes) + 1))  # the data set's ids
         self.backbone = backbone.freeze().eval().to(device)
         self.head = head.eval().to(device)
         self.svms = svms
@@ -100,7 +102,7 @@ class FrozenNoCDetector:
         head.load_state_dict(state["head"])
         svms = LinearSVMs.from_state_dict(state["svms"]) if state.get("svms") else None
         regressor = BoxRegressor.from_state_dict(state["bbox"]) if state.get("bbox") else None
-        return cls(cfg, classes, backbone, head, svms, regressor, device)
+        return cls(cfg, classes, backbone, head, svms, regressor, device, state.get("category_ids"))
 
     def proposals(self, image: ImageLike) -> np.ndarray:
         """Selective Search boxes ``[R, 4]`` of one image with the config's settings."""
@@ -153,7 +155,7 @@ def build_head(cfg: ExperimentConfig, backbone: Backbone, num_classes: int, init
     """The NoC of ``cfg.noc.spec`` on the backbone's pooled features (stage tokens reuse the
     backbone's blocks), initialised as ``cfg.noc`` says, or not (a checkpoint's weights follow)."""
     head = NoCHead(cfg.noc.spec, backbone.out_channels, backbone.roi_size, num_classes,
-                   stage_factory=backbone.stage).to(cfg.device)
+                   stage_factory=backbone.stage, dropout=cfg.noc.dropout).to(cfg.device)
     if not initialise:
         return head
     if cfg.noc.init == "finetune":

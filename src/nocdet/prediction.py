@@ -21,16 +21,20 @@ ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 @dataclass
 class Prediction:
     """Detections of one image with class names: ``boxes [N, 4]`` (x1, y1, x2, y2 pixels),
-    ``scores [N]``, ``labels [N]`` in ``1..K`` and ``names[i] = classes[labels[i] - 1]``."""
+    ``scores [N]``, ``labels [N]`` in ``1..K``, ``names[i] = classes[labels[i] - 1]`` and
+    ``category_ids [N]``, the training data set's own ids of the classes (its COCO category
+    ids; ``labels`` for VOC data), ready for a COCO results file."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     names: list[str]
+    category_ids: np.ndarray
 
 
 class _Detects(Protocol):
     classes: list[str]
+    category_ids: list[int]
 
     def detect(self, image: ImageLike, image_id: str = "image") -> Detections: ...
 
@@ -61,5 +65,6 @@ def predictions(detector: _Detects, images: ImageLike | Sequence[ImageLike]) -> 
     out = []
     for i, image in enumerate(images):
         det = detector.detect(image, str(i))
-        out.append(Prediction(det.boxes, det.scores, det.labels, [detector.classes[k - 1] for k in det.labels]))
+        ids = np.array([detector.category_ids[k - 1] for k in det.labels], np.int64)
+        out.append(Prediction(det.boxes, det.scores, det.labels, [detector.classes[k - 1] for k in det.labels], ids))
     return out

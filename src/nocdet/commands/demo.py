@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from nocdet.threads import add_threads_argument
+
 NAME = "demo"
 HELP = "make scene-digits, train a NoC on ImageNet features, evaluate, diagnose and write a report"
 
@@ -29,9 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the NoC trains and the features are computed (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.threads import use_threads
+
+    use_threads(args.threads)
     from nocdet.data.scene_digits import generate_scene_digits
     from nocdet.errors import ConfigError
     from nocdet.experiment import load_experiment

@@ -1,8 +1,10 @@
 """``nocdet evaluate``: score detections with the PASCAL VOC devkit metric or COCO's.
 
 Result files: VOC ``--metric voc07|voc --voc-root ROOT --split test --results DIR`` where DIR
-holds the devkit result files ``comp4_det_<split>_<class>.txt``; COCO ``--metric coco --gt
-instances.json --results results.json``. Prints a table; ``--out`` writes the numbers as JSON
+holds the devkit result files ``comp4_det_<split>_<class>.txt`` (only the annotations are read,
+not the images); COCO ``--metric coco --gt instances.json --results results.json``, and the VOC
+metrics of a COCO results file with ``--metric voc07|voc --gt instances.json --results
+results.json``. Prints a table; ``--out`` writes the numbers as JSON
 (fractions in [0, 1]; null where undefined).
 
 A trained model: ``--checkpoint model.pt`` with ``--voc-root ROOT --split test`` or ``--gt
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from nocdet.errors import ConfigError
 from nocdet.io import atomic_write_json
+from nocdet.threads import add_threads_argument
 
 if TYPE_CHECKING:
     from nocdet.data.sample import DetectionDataset
@@ -45,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a folder for metrics.json and results/")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="with --checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="with --checkpoint: no progress bar")
+    add_threads_argument(parser)
     voc = parser.add_argument_group("PASCAL VOC")
     voc.add_argument("--voc-root", metavar="ROOT",
                      help="VOC folder (Annotations/, ImageSets/Main/, JPEGImages/), VOC<year> or VOCdevkit")
@@ -75,13 +79,31 @@ def _classes(text: str | None) -> list[str] | None:
 def _run_voc(args: argparse.Namespace) -> dict:
     from nocdet.evaluation.voc import evaluate_voc_results_dir
 
+    if args.gt is not None and args.voc_root is not None:
+        raise ConfigError("give --voc-root (VOC result files) or --gt (a COCO results JSON), not both")
     if args.gt is not None:
-        raise ConfigError("--gt is for --metric coco; VOC ground truth comes from --voc-root")
+        return _run_voc_on_coco(args)
     if args.voc_root is None:
-        raise ConfigError(f"--metric {args.metric} needs --voc-root")
+        raise ConfigError(f"--metric {args.metric} needs --voc-root ROOT (devkit result files) or --gt "
+                          "instances.json (a COCO results JSON)")
     result = evaluate_voc_results_dir(args.voc_root, args.split, args.results, args.metric,
                                       _classes(args.classes), year=args.year,
                                       strict_threshold=args.strict_threshold)
+    print(result.format_table())
+    return result.to_json()
+
+
+def _run_voc_on_coco(args: argparse.Namespace) -> dict:
+    """The VOC metric of a COCO results JSON against a COCO ground truth (no images needed)."""
+    from nocdet.data.coco import coco_results_as_detections, read_coco, read_coco_results
+    from nocdet.evaluation.voc import evaluate_voc
+
+    given = [f"--{name.replace('_', '-')}" for name in ("classes", "year") if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to VOC ground truth (--voc-root) only")
+    dataset = read_coco(args.gt, Path(args.gt).parent)
+    detections = coco_results_as_detections(read_coco_results(args.results), dataset, args.results)
+    result = evaluate_voc(dataset, detections, metric=args.metric, strict_threshold=args.strict_threshold)
     print(result.format_table())
     return result.to_json()
 
@@ -164,6 +186,9 @@ def _run_results(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.threads import use_threads
+
+    use_threads(args.threads)
     # Readers report repairs and missing result files as warnings: show them as one line each.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

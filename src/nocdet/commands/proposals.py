@@ -8,14 +8,22 @@
 * ``nocdet proposals convert-mat voc_2007_test.mat --out ss_test.npz`` converts R-CNN's
   precomputed ``selective_search_data`` file (see :mod:`nocdet.proposals.files`).
 * ``nocdet proposals recall FILE --voc-root ROOT --split test`` measures a proposal file.
+
+Wherever ``--voc-root ROOT --split SPLIT`` names the images, ``--coco INSTANCES_JSON:IMAGE_DIR``
+names a COCO-format split instead.
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nocdet.errors import ConfigError
+from nocdet.threads import add_threads_argument
+
+if TYPE_CHECKING:
+    from nocdet.data.sample import DetectionDataset
 
 NAME = "proposals"
 HELP = "region proposals: Selective Search (cached), R-CNN .mat conversion, proposal recall"
@@ -32,9 +40,9 @@ def default_cache_dir() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    compute = actions.add_parser("compute", help="run Selective Search on a VOC split (cached)",
+    compute = actions.add_parser("compute", help="run Selective Search on a VOC or COCO split (cached)",
                                  description="Run Selective Search 'fast' on every image of a split.")
-    _add_voc_arguments(compute, required=True)
+    _add_data_arguments(compute, required=True)
     compute.add_argument("--cache", type=Path, metavar="DIR",
                          help=f"per-image cache folder (default: {default_cache_dir()})")
     compute.add_argument("--no-cache", action="store_true", help="compute everything, cache nothing")
@@ -50,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="shrink larger images to this longer side for speed; boxes are scaled back")
     compute.add_argument("--out", type=Path, metavar="FILE", help="write the proposals (.npz or .json)")
     compute.add_argument("--recall", action="store_true", help="print recall at IoU 0.5 and 0.7")
+    add_threads_argument(compute)
 
     convert = actions.add_parser("convert-mat", help="convert R-CNN's selective_search_data .mat file",
                                  description="Convert an R-CNN / Fast R-CNN selective_search_data .mat "
@@ -57,25 +66,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("mat", type=Path, help="e.g. selective_search_data/voc_2007_test.mat")
     convert.add_argument("--out", type=Path, required=True, metavar="FILE",
                          help="proposal file (.npz or .json)")
-    _add_voc_arguments(convert, required=False,
-                       note="with it, only the split's images are written, checked against their sizes")
-    convert.add_argument("--recall", action="store_true", help="print recall (needs --voc-root)")
+    _add_data_arguments(convert, required=False,
+                        note="with it, only the split's images are written, checked against their sizes")
+    convert.add_argument("--recall", action="store_true", help="print recall (needs --voc-root or --coco)")
 
-    recall = actions.add_parser("recall", help="recall of a proposal file on a VOC split",
+    recall = actions.add_parser("recall", help="recall of a proposal file on a VOC or COCO split",
                                 description="Print proposal recall at IoU 0.5 and 0.7 and boxes per image.")
     recall.add_argument("file", type=Path, help="proposal file (.npz or .json)")
-    _add_voc_arguments(recall, required=True)
+    _add_data_arguments(recall, required=True)
 
 
-def _add_voc_arguments(parser: argparse.ArgumentParser, required: bool, note: str = "") -> None:
-    group = parser.add_argument_group("PASCAL VOC", note or None)
-    group.add_argument("--voc-root", required=required, metavar="ROOT",
-                       help="VOC folder (Annotations/, ImageSets/Main/, JPEGImages/), VOC<year> or VOCdevkit")
-    if required:
-        group.add_argument("--split", required=True, help="split name in ImageSets/Main, e.g. trainval")
-    else:
-        group.add_argument("--split", default="test", help="split name in ImageSets/Main (default: test)")
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool, note: str = "") -> None:
+    group = parser.add_argument_group("data: a VOC split or a COCO one", note or None)
+    source = group.add_mutually_exclusive_group(required=required)
+    source.add_argument("--voc-root", metavar="ROOT",
+                        help="VOC folder (Annotations/, ImageSets/Main/, JPEGImages/), VOC<year> or VOCdevkit")
+    source.add_argument("--coco", metavar="INSTANCES_JSON:IMAGE_DIR", help="a COCO instances JSON and its images")
+    group.add_argument("--split", default=None,
+                       help="with --voc-root: split name in ImageSets/Main, e.g. trainval"
+                            + ("" if required else " (default: test)"))
     group.add_argument("--year", help="pick VOC<year> inside a VOCdevkit folder holding several")
+
+
+def _dataset(args: argparse.Namespace, default_split: str | None = None) -> DetectionDataset | None:
+    """The split that ``--voc-root``/``--split`` or ``--coco`` names (None if neither is given)."""
+    from nocdet.data.voc import read_voc
+    from nocdet.experiment import DataConfig, load_split
+
+    if args.coco is not None:
+        if args.split is not None or args.year is not None:
+            raise ConfigError("--split and --year are for --voc-root; --coco names its split itself")
+        return load_split(DataConfig(format="coco"), args.coco)
+    if args.voc_root is None:
+        return None
+    split = args.split or default_split
+    if split is None:
+        raise ConfigError("--voc-root needs --split, e.g. --split trainval")
+    return read_voc(args.voc_root, split, year=args.year)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compute(args: argparse.Namespace) -> int:
-    from nocdet.data.voc import read_voc
     from nocdet.proposals.files import save_proposals
     from nocdet.proposals.selective_search import compute_proposals
+    from nocdet.threads import use_threads
+
+    use_threads(args.threads)
 
     if args.no_cache and args.cache is not None:
         raise ConfigError("--cache and --no-cache contradict each other")
@@ -94,7 +123,7 @@ def _compute(args: argparse.Namespace) -> int:
     if args.max_boxes < 0:
         raise ConfigError(f"--max-boxes must be >= 0, got {args.max_boxes}")
     settings = {"min_size": args.min_size, "max_boxes": args.max_boxes or None, "max_side": args.max_side}
-    dataset = read_voc(args.voc_root, args.split, year=args.year)
+    dataset = _dataset(args)
     cache = None if args.no_cache else (args.cache or default_cache_dir())
     proposals = compute_proposals(dataset, cache, settings, workers=args.workers)
     if args.out is not None:
@@ -105,14 +134,11 @@ def _compute(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from nocdet.data.voc import read_voc
     from nocdet.proposals.files import convert_rcnn_mat, load_proposals
 
-    if args.recall and args.voc_root is None:
-        raise ConfigError("--recall needs --voc-root (the ground truth)")
-    dataset = None
-    if args.voc_root is not None:
-        dataset = read_voc(args.voc_root, args.split, year=args.year)
+    if args.recall and args.voc_root is None and args.coco is None:
+        raise ConfigError("--recall needs the ground truth: --voc-root or --coco")
+    dataset = _dataset(args, default_split="test")
     ids = None if dataset is None else [s.image_id for s in dataset.samples]
     proposals = convert_rcnn_mat(args.mat, args.out, ids)
     print(f"wrote proposals of {len(proposals)} images to {args.out}")
@@ -123,10 +149,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _recall(args: argparse.Namespace) -> int:
-    from nocdet.data.voc import read_voc
     from nocdet.proposals.files import load_proposals
 
-    dataset = read_voc(args.voc_root, args.split, year=args.year)
+    dataset = _dataset(args)
     _report(dataset, load_proposals(args.file, dataset), with_recall=True)
     return 0
 

@@ -14,6 +14,8 @@ import csv
 import re
 from pathlib import Path
 
+from nocdet.threads import add_threads_argument
+
 NAME = "sweep"
 HELP = "train and evaluate several NoC designs of one config (either setting) and compare them"
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
     parser.add_argument("--no-progress", action="store_true")
+    add_threads_argument(parser)
 
 
 def slug(spec: str) -> str:
@@ -36,6 +39,9 @@ def slug(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.threads import use_threads
+
+    use_threads(args.threads)
     from nocdet.noc.spec import parse_noc
     from nocdet.runs import load_any_experiment, noc_key, run_experiment
     from nocdet.viz.plots import plot_ap_comparison

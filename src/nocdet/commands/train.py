@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 from pathlib import Path
+
+from nocdet.threads import add_threads_argument
 
 NAME = "train"
 HELP = "train and evaluate a detector from an experiment config (YAML)"
@@ -19,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the config's device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
 
 
 def resolve_overrides(args: argparse.Namespace) -> list[str]:
@@ -38,20 +43,36 @@ def print_metrics(metrics: dict) -> None:
         print(f"  {name:>14s}  {'-' if ap is None else f'{ap:.4f}'}")
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: object = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for a command line: the message only, no source path and line."""
+    print(f"nocdet: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
+    from nocdet.threads import use_threads
+
+    use_threads(args.threads)
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from nocdet.devices import require_device
     from nocdet.run_folder import check_resume_config, prepare_run_folder
-    from nocdet.runs import load_any_experiment, run_experiment
+    from nocdet.runs import load_any_experiment, load_data, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
     cfg = load_any_experiment(args.config, resolve_overrides(args))
     out = args.output or Path("runs") / cfg.name
     require_device(cfg.device)  # before the folder is made: a refused run leaves nothing behind
+    data = load_data(cfg)  # classes and classifier size checked before any work, and before the folder
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the folder
         prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
         if args.resume:
             check_resume_config(out, cfg)
-    metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress)
+    metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress, data=data)
     if "interrupted" in metrics:
         given = "".join(f" --set {o}" for o in args.overrides)
         print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "

@@ -14,6 +14,11 @@ Conventions:
 
 Images without annotations are valid. A file without an ``"annotations"`` key (a COCO
 image-info file such as test-dev) reads as images without annotations.
+
+Similarity groups (the error diagnosis's "similar classes"): the categories sharing a
+``supercategory`` (two or more of them; ``"none"`` is no group), unless a
+``similarity_groups.json`` (a JSON list of lists of class names) lies next to the instances
+JSON, which then replaces them.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nocdet.data.sample import DetectionDataset, Detections, Sample
+from nocdet.data.sample import DetectionDataset, Detections, Sample, read_similarity_groups
 from nocdet.errors import DataError
 from nocdet.io import atomic_write_json
 
@@ -53,7 +58,8 @@ def write_coco_instances(path: str | Path, dataset: DetectionDataset,
 
     Image ids follow :func:`coco_image_ids`; ``file_name`` is the image file's name (relative
     to the image folder given to :func:`read_coco`). Category ids: ``category_ids``, else
-    ``dataset.category_ids``, else ``1..K``. Difficult objects are written as ``"iscrowd": 0``
+    ``dataset.category_ids``, else ``1..K``. A class's ``supercategory`` is its similarity group
+    (the group's names joined by ``+``), else its own name. Difficult objects are written as ``"iscrowd": 0``
     with ``"difficult": 1`` (pycocotools then counts them as ordinary objects; use the VOC
     metric for VOC data), or as ``"iscrowd": 1`` when ``difficult_as_crowd`` (data read from
     COCO, whose difficult objects are its crowd regions).
@@ -78,7 +84,8 @@ def write_coco_instances(path: str | Path, dataset: DetectionDataset,
                 "category_id": cat_ids[int(label) - 1], "bbox": [x1, y1, w, h], "area": w * h,
                 "iscrowd": int(crowd), "difficult": int(bool(difficult) and not crowd),
             })
-    categories = [{"id": cid, "name": name, "supercategory": "none"}
+    group_of = {name: "+".join(group) for group in dataset.similarity_groups for name in group}
+    categories = [{"id": cid, "name": name, "supercategory": group_of.get(name, name)}
                   for cid, name in zip(cat_ids, dataset.classes)]
     atomic_write_json(path, {"info": {"description": dataset.name}, "images": images,
                              "annotations": annotations, "categories": categories}, indent=None)
@@ -134,6 +141,7 @@ def read_coco(json_path: str | Path, image_dir: str | Path) -> DetectionDataset:
             raise DataError(f"{key!r} must be a list", path=json_path)
 
     categories: dict[int, str] = {}
+    supercategories: dict[str, str] = {}
     for k, cat in enumerate(tables["categories"]):
         record = _record("categories", k, cat)
         _require(cat, ("id", "name"), json_path, record)
@@ -144,6 +152,8 @@ def read_coco(json_path: str | Path, image_dir: str | Path) -> DetectionDataset:
         if cat["name"] in categories.values():
             raise DataError(f"duplicate category name {cat['name']!r}", path=json_path, record=record)
         categories[cat["id"]] = cat["name"]
+        if isinstance(cat.get("supercategory"), str) and cat["supercategory"] not in ("", "none"):
+            supercategories[cat["name"]] = cat["supercategory"]
     category_ids = sorted(categories)
     label_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
 
@@ -208,8 +218,42 @@ def read_coco(json_path: str | Path, image_dir: str | Path) -> DetectionDataset:
         samples.append(Sample(str(image_id), Path(image_dir) / img["file_name"], img["width"], img["height"],
                               np.array([o[0] for o in objs], np.float64).reshape(-1, 4),
                               [o[1] for o in objs], [o[2] for o in objs]))
-    return DetectionDataset([categories[c] for c in category_ids], samples, json_path.stem,
-                            [], category_ids)
+    classes = [categories[c] for c in category_ids]
+    return DetectionDataset(classes, samples, json_path.stem,
+                            _similarity_groups(json_path, classes, supercategories), category_ids)
+
+
+def _similarity_groups(json_path: Path, classes: list[str], supercategories: dict[str, str]) -> list[list[str]]:
+    """``similarity_groups.json`` next to the file, else the supercategories of two or more classes."""
+    override = json_path.parent / "similarity_groups.json"
+    if override.is_file():
+        return read_similarity_groups(override, classes)
+    members: dict[str, list[str]] = {}
+    for name in classes:
+        if name in supercategories:
+            members.setdefault(supercategories[name], []).append(name)
+    return [group for group in members.values() if len(group) >= 2]
+
+
+def check_categories(dataset: DetectionDataset, classes: Sequence[str], category_ids: Sequence[int] | None,
+                     path: str | Path) -> None:
+    """Refuse a split (read from ``path``) whose categories are not ``classes`` with ids
+    ``category_ids`` (the training split's): a renamed, missing, extra or renumbered category
+    would score every detection of it against another class."""
+    ids = dict(zip(classes, category_ids)) if category_ids is not None else None
+    found = dict(zip(dataset.classes, dataset.category_ids or range(1, dataset.num_classes + 1)))
+    missing = [n for n in classes if n not in found]
+    extra = [n for n in found if n not in classes]
+    if missing or extra:
+        raise DataError(f"its categories are not the training categories {list(classes)}: "
+                        + "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                                      f"not in training {extra}" if extra else "") if part),
+                        path=path, record="categories")
+    if ids is not None:
+        moved = [f"{n!r} has id {found[n]} here but {ids[n]} in training" for n in classes if found[n] != ids[n]]
+        if moved:
+            raise DataError("category ids differ from the training split's: " + "; ".join(moved),
+                            path=path, record="categories")
 
 
 def read_coco_results(path: str | Path) -> list[dict]:
@@ -232,6 +276,27 @@ def read_coco_results(path: str | Path) -> list[dict]:
             raise DataError(f"score {det['score']!r} is not a finite number", path=path, record=record)
         results.append({**det, "bbox": [float(v) for v in bbox], "score": float(det["score"])})
     return results
+
+
+def coco_results_as_detections(results: Sequence[dict], dataset: DetectionDataset,
+                               path: str | Path) -> list[Detections]:
+    """The records of :func:`read_coco_results` (``path``) as one :class:`Detections` per image
+    of ``dataset`` (read by :func:`read_coco`): ids mapped back to image ids and labels. A record
+    of an image or category the data set does not have is a DataError naming it."""
+    label_of = {cid: k for k, cid in enumerate(dataset.category_ids or [], start=1)}
+    per_image: dict[str, list[tuple[list[float], float, int]]] = {s.image_id: [] for s in dataset.samples}
+    for k, det in enumerate(results):
+        image_id = str(det["image_id"])
+        if image_id not in per_image:
+            raise DataError(f"image_id {det['image_id']} is not in the ground truth's images", path=path,
+                            record=f"[{k}]")
+        if det["category_id"] not in label_of:
+            raise DataError(f"category_id {det['category_id']} is not in the ground truth's categories",
+                            path=path, record=f"[{k}]")
+        x, y, w, h = det["bbox"]
+        per_image[image_id].append(([x, y, x + w, y + h], det["score"], label_of[det["category_id"]]))
+    return [Detections(image_id, [d[0] for d in dets], [d[1] for d in dets], [d[2] for d in dets])
+            for image_id, dets in per_image.items()]
 
 
 def _load_json(path: Path) -> Any:

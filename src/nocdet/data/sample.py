@@ -12,6 +12,7 @@ is the name.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -138,3 +139,13 @@ def check_similarity_groups(groups: object, classes: Sequence[str],
             raise DataError(f"unknown class(es) {', '.join(map(repr, unknown))}; known classes: "
                             f"{', '.join(classes)}", path=path, record=f"group {k}")
     return [list(g) for g in groups]
+
+
+def read_similarity_groups(path: str | Path, classes: Sequence[str]) -> list[list[str]]:
+    """Read a JSON list of lists of class names (``similarity_groups.json``), checked against ``classes``."""
+    path = Path(path)
+    try:
+        groups = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read similarity groups: {err}", path=path) from err
+    return check_similarity_groups(groups, classes, path)

@@ -16,7 +16,6 @@ Repairs, all reported through ``warnings.warn`` (one summary per split in :func:
 from __future__ import annotations
 
 import codecs
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nocdet.data.images import image_size
-from nocdet.data.sample import DetectionDataset, Detections, Sample, check_similarity_groups
+from nocdet.data.sample import DetectionDataset, Detections, Sample, read_similarity_groups
 from nocdet.errors import DataError
 from nocdet.io import atomic_write_text
 
@@ -323,8 +322,9 @@ def _repair_text(clipped: int, duplicates: int) -> str:
 
 # -------------------------------------------------------------------------------- data sets
 
-def find_voc_root(root: str | Path, year: str | None = None) -> Path:
-    """The folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``.
+def find_voc_root(root: str | Path, year: str | None = None, require_images: bool = True) -> Path:
+    """The folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``
+    (``JPEGImages/`` may be missing unless ``require_images``).
 
     Accepts that folder itself, a ``VOC<year>`` folder, or a ``VOCdevkit`` folder (with ``year``
     it picks ``VOC<year>``; without, the only ``VOC*`` folder inside).
@@ -332,12 +332,12 @@ def find_voc_root(root: str | Path, year: str | None = None) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise DataError("data set folder does not exist", path=root)
-    if _is_voc_root(root):
+    if _is_voc_root(root, require_images):
         return root
-    candidates = sorted(p for p in root.iterdir() if p.is_dir() and _is_voc_root(p))
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and _is_voc_root(p, require_images))
     if year is not None:
         wanted = root / f"VOC{year}"
-        if _is_voc_root(wanted):
+        if _is_voc_root(wanted, require_images):
             return wanted
         raise DataError(f"no VOC{year} folder with Annotations/, JPEGImages/ and ImageSets/Main/ here"
                         f"; found: {', '.join(p.name for p in candidates) or 'none'}", path=root)
@@ -350,8 +350,8 @@ def find_voc_root(root: str | Path, year: str | None = None) -> Path:
                     "or a VOCdevkit folder holding VOC<year> folders", path=root)
 
 
-def _is_voc_root(path: Path) -> bool:
-    return ((path / "Annotations").is_dir() and (path / "JPEGImages").is_dir()
+def _is_voc_root(path: Path, require_images: bool = True) -> bool:
+    return ((path / "Annotations").is_dir() and (not require_images or (path / "JPEGImages").is_dir())
             and (path / "ImageSets" / "Main").is_dir())
 
 
@@ -365,17 +365,19 @@ class _Split:
 
 
 def read_voc(root: str | Path, split: str, classes: Sequence[str] | None = None,
-             year: str | None = None) -> DetectionDataset:
+             year: str | None = None, require_images: bool = True) -> DetectionDataset:
     """Read the ``split`` (``ImageSets/Main/<split>.txt``) of a VOC-layout data set.
 
     Class list: ``classes`` if given, else ``<root>/classes.txt`` (one name per line) if present,
     else the 20 VOC classes if every name found is one, else the sorted names found. Similarity groups: ``<root>/similarity_groups.json`` (a list of
     lists of class names) if present, else :data:`VOC_SIMILARITY_GROUPS` for the VOC classes,
-    else none.
+    else none. ``require_images=False`` reads the annotations alone (evaluation of result
+    files): ``JPEGImages/`` may be missing, sizes come from the XML, and an image without a file
+    gets the path ``JPEGImages/<id>.jpg``.
     """
-    voc_root = find_voc_root(root, year)
+    voc_root = find_voc_root(root, year, require_images)
     classes = classes if classes is not None else declared_classes(voc_root)
-    return _build_dataset([_load_split(voc_root, split, classes)], classes)
+    return _build_dataset([_load_split(voc_root, split, classes, require_images)], classes)
 
 
 def declared_classes(voc_root: Path) -> list[str] | None:
@@ -407,7 +409,8 @@ def read_voc_splits(items: Sequence[tuple], classes: Sequence[str] | None = None
     return _build_dataset(splits, classes)
 
 
-def _load_split(voc_root: Path, split: str, classes: Sequence[str] | None) -> _Split:
+def _load_split(voc_root: Path, split: str, classes: Sequence[str] | None,
+                require_images: bool = True) -> _Split:
     split_file = voc_root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         names = sorted(p.stem for p in split_file.parent.glob("*.txt"))
@@ -415,12 +418,15 @@ def _load_split(voc_root: Path, split: str, classes: Sequence[str] | None) -> _S
         raise DataError(f"no split {split!r}; available splits: {', '.join(main) or 'none'}",
                         path=split_file)
     ids = _read_split_file(split_file)
-    images = _index_images(voc_root / "JPEGImages")
+    folder = voc_root / "JPEGImages"
+    images = _index_images(folder) if require_images or folder.is_dir() else {}
     result = _Split(voc_root, split)
     for image_id, line in tqdm(ids, desc=f"reading {voc_root.name}/{split}", unit="img",
                                disable=len(ids) < _PROGRESS_MIN):
         xml_path = voc_root / "Annotations" / f"{image_id}.xml"
         image_name = images.get(image_id)
+        if image_name is None and not require_images:
+            image_name = f"{image_id}.jpg"
         if image_name is None:
             raise DataError(f"image {image_id!r} not found in {voc_root / 'JPEGImages'}",
                             path=split_file, record=f"line {line}")
@@ -498,11 +504,7 @@ def _similarity_groups(voc_root: Path, classes: list[str]) -> list[list[str]]:
     path = voc_root / "similarity_groups.json"
     if not path.is_file():
         return [list(g) for g in VOC_SIMILARITY_GROUPS] if classes == list(VOC_CLASSES) else []
-    try:
-        groups = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"cannot read similarity groups: {err}", path=path) from err
-    return check_similarity_groups(groups, classes, path)
+    return read_similarity_groups(path, classes)
 
 
 # --------------------------------------------------------------------------- result files

@@ -22,10 +22,12 @@ FORMAT = "nocdet-e2e-detector"
 class E2EDetector:
     """A NoC Faster R-CNN with its experiment config; ``load`` rebuilds one from ``model.pt``."""
 
-    def __init__(self, model: NoCFasterRCNN, config: E2EExperimentConfig, device: str = "cpu"):
+    def __init__(self, model: NoCFasterRCNN, config: E2EExperimentConfig, device: str = "cpu",
+                 category_ids: Sequence[int] | None = None):
         self.model = model.eval().to(device)
         self.config = config
         self.classes: list[str] = list(model.classes)
+        self.category_ids: list[int] = list(category_ids or range(1, len(self.classes) + 1))  # the data set's ids
         self.device = device
 
     @classmethod
@@ -35,7 +37,7 @@ class E2EDetector:
         classes = list(state["classes"])
         model = build_e2e_model(cfg.model, len(classes), classes=classes, pretrained=False)
         model.load_state_dict(state["model"])
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, state.get("category_ids"))
 
     @torch.inference_mode()
     def detect(self, image: ImageLike, image_id: str = "image") -> Detections:

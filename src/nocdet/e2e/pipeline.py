@@ -20,24 +20,24 @@ from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.detector import FORMAT as E2E_FORMAT, E2EDetector
 from nocdet.e2e.model import build_e2e_model
 from nocdet.e2e.trainer import train_detector
-from nocdet.experiment import load_split, load_splits, split_name, split_record
+from nocdet.experiment import ExperimentData, load_experiment_data, split_name, split_record
 from nocdet.io import atomic_write_json, atomic_write_text
 from nocdet.training.checkpoint import save_checkpoint
 from nocdet.training.frozen_pipeline import evaluate_all, write_diagnosis, write_results
 
 
 def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume: bool = False,
-                       progress: bool = True) -> dict:
-    """Train and evaluate one end-to-end experiment into ``run_dir``; returns its metrics."""
+                       progress: bool = True, data: ExperimentData | None = None) -> dict:
+    """Train and evaluate one end-to-end experiment into ``run_dir``; returns its metrics.
+    ``data``: the splits already read by :func:`load_experiment_data` (else read here)."""
     run_dir = Path(run_dir)
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     torch.manual_seed(cfg.seed)
-    train_set = load_splits(cfg.data, cfg.data.train)
-    test_set = load_split(cfg.data, cfg.data.test, train_set.classes)
-    val_set = load_split(cfg.data, cfg.data.val, train_set.classes) if cfg.data.val else None
+    data = data or load_experiment_data(cfg.data, cfg.model.noc.spec)
+    train_set, val_set, test_set = data.train, data.val, data.test
     model = build_e2e_model(cfg.model, train_set.num_classes, classes=train_set.classes)
 
     t = time.perf_counter()
@@ -59,7 +59,7 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
     write_results(run_dir, test_set, split_name(cfg.data, cfg.data.test), detections)
     save_checkpoint(run_dir / "model.pt", {
         "format": E2E_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
-        "similarity_groups": train_set.similarity_groups, "model": model.state_dict()})
+        "category_ids": train_set.category_ids, "similarity_groups": train_set.similarity_groups, "model": model.state_dict()})
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "run.json", {
         "name": cfg.name, "detector": cfg.detector, "noc": cfg.model.noc.spec,

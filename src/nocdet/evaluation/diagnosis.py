@@ -34,7 +34,6 @@ detections; :func:`false_positive_curve` uses this.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nocdet.data.sample import DetectionDataset, Detections, check_similarity_groups
+from nocdet.data.sample import DetectionDataset, Detections, check_similarity_groups, read_similarity_groups
 from nocdet.errors import ConfigError, DataError
 
 CATEGORIES: tuple[str, ...] = ("Cor", "Loc", "Sim", "Oth", "BG")
@@ -143,12 +142,7 @@ def _as_by_class(dataset: DetectionDataset,
 
 def load_similarity_groups(path: str | Path, classes: Sequence[str]) -> list[list[str]]:
     """Read a JSON list of lists of class names; a name not in ``classes`` is a DataError."""
-    path = Path(path)
-    try:
-        groups = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"cannot read similarity groups: {err}", path=path) from err
-    return check_similarity_groups(groups, classes, path)
+    return read_similarity_groups(path, classes)
 
 
 def resolve_similarity_groups(dataset: DetectionDataset,

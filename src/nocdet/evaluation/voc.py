@@ -300,13 +300,14 @@ def evaluate_voc_results_dir(
     20 VOC classes when every name in the annotations is one of them, else the sorted names
     found. The result files' boxes are already devkit coordinates and are used as read
     (float64). A class without a result file counts as having no detections (the reader warns).
+    Only the annotations are read: the images need not be there.
     """
     from nocdet.data.voc import read_voc, read_voc_results
 
     use_07 = _use_07_metric(metric)
     if not Path(results_dir).is_dir():
         raise DataError("results folder does not exist", path=results_dir)
-    dataset = read_voc(root, split, year=year)
+    dataset = read_voc(root, split, year=year, require_images=False)
     names = dataset.classes if classes is None else list(classes)
     results = read_voc_results(results_dir, split, names,
                                known_ids={s.image_id for s in dataset.samples})

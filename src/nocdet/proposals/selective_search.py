@@ -27,15 +27,17 @@ scene-digits image, 1.5-4.6 s per 500 x 375 photograph; ``max_side=320`` makes t
 Boxes are internal ``(x1, y1, x2, y2)`` float32 (N = proposals of one image): OpenCV's pixel
 rectangle ``(x, y, w, h)`` covers columns ``x .. x + w - 1``, hence ``x2 = x + w``.
 
-Cache: one ``.npz`` file per image, under a folder named by a hash of the settings that change
-the boxes (everything but ``max_boxes``, plus :data:`CACHE_VERSION` and the OpenCV version). A
-file stores the boxes before the ``max_boxes`` cut, so changing the cut reuses the cache. Each
-file carries the BLAKE2b hash of the image file's bytes: an image whose bytes changed is
-recomputed, never silently reused (size and mtime alone miss a same-size rewrite; hashing a
-JPEG costs well under 1 % of running Selective Search on it). Files are written atomically and
-validated on load (readable, ``[N, 4]`` float32, finite, same image id and hash); a bad file is
-recomputed and overwritten. Two processes filling one cache write identical files, each by an
-atomic rename, so the cache stays consistent.
+Cache: one ``.npz`` file per image content, under a folder named by a hash of the settings
+that change the boxes (everything but ``max_boxes``, plus :data:`CACHE_VERSION` and the OpenCV
+version). A file is named by the BLAKE2b hash of the image file's bytes, not by the image id:
+two splits whose image ids coincide (COCO files that both number their images from 1) share
+no entry unless their images are the same bytes, and an image whose bytes changed simply has
+no entry yet (size and mtime alone miss a same-size rewrite; hashing a JPEG costs well under
+1 % of running Selective Search on it). A file stores the boxes before the ``max_boxes`` cut,
+so changing the cut reuses the cache. Files are written atomically and validated on load
+(readable, ``[N, 4]`` float32, finite, the same hash inside); a bad file is recomputed and
+overwritten. Two processes filling one cache write identical files, each by an atomic rename,
+so the cache stays consistent.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ from nocdet.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when a code change alters the boxes computed for the same settings
+CACHE_VERSION = 2  # bump when a code change alters the boxes computed for the same settings
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "color_spaces": ["hsv", "lab"],
@@ -233,43 +235,40 @@ class ProposalCache:
         digest = hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
         self.folder = Path(root) / f"selective_search-{digest}"
 
-    def file_for(self, image_id: str) -> Path:
-        """Cache file of an image; ids unsafe as file names get a sanitised name plus a hash."""
-        name = image_id
-        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", image_id):
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".")[:80]
-            name += "-" + hashlib.sha1(image_id.encode()).hexdigest()[:10]
-        return self.folder / f"{name}.npz"
+    def file_for(self, fingerprint: str) -> Path:
+        """Cache file of an image whose bytes hash to ``fingerprint`` (from :func:`image_fingerprint`)."""
+        digest = fingerprint.split(":", 1)[-1]
+        if not re.fullmatch(r"[0-9a-f]+", digest):
+            raise ValueError(f"not an image fingerprint: {fingerprint!r}")
+        return self.folder / f"{digest}.npz"
 
-    def load(self, image_id: str, fingerprint: str) -> np.ndarray | None:
-        """The cached boxes (before the ``max_boxes`` cut), or None if missing, stale or corrupt."""
-        path = self.file_for(image_id)
+    def load(self, fingerprint: str) -> np.ndarray | None:
+        """The cached boxes (before the ``max_boxes`` cut) of an image's content, or None if
+        missing or corrupt."""
+        path = self.file_for(fingerprint)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                boxes, stored_id, stored_fp = data["boxes"], str(data["image_id"]), str(data["fingerprint"])
+                boxes, stored_fp = data["boxes"], str(data["fingerprint"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             logger.warning("unreadable proposal cache file %s (%s): recomputing", path, err)
             return None
         if boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4 \
-                or not np.isfinite(boxes).all() or stored_id != image_id:
+                or not np.isfinite(boxes).all() or stored_fp != fingerprint:
             logger.warning("invalid proposal cache file %s: recomputing", path)
-            return None
-        if stored_fp != fingerprint:
-            logger.info("image %s changed since its proposals were cached: recomputing", image_id)
             return None
         return boxes
 
-    def store(self, image_id: str, fingerprint: str, boxes: np.ndarray) -> None:
-        """Write an image's boxes atomically (and the settings file on first use)."""
+    def store(self, fingerprint: str, boxes: np.ndarray) -> None:
+        """Write the boxes of an image's content atomically (and the settings file on first use)."""
         settings_file = self.folder / "settings.json"
         if not settings_file.is_file():
             atomic_write_json(settings_file, self.key)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                            image_id=np.array(image_id), fingerprint=np.array(fingerprint))
-        atomic_write_bytes(self.file_for(image_id), buffer.getvalue())
+                            fingerprint=np.array(fingerprint))
+        atomic_write_bytes(self.file_for(fingerprint), buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------ data sets
@@ -330,9 +329,9 @@ def compute_proposals(dataset: DetectionDataset, cache_dir: str | Path | None,
     with tqdm(total=len(paths), desc="selective search", unit="img", disable=not progress) as bar:
         for image_id, path in paths.items():
             boxes = None
-            if cache is not None and cache.file_for(image_id).is_file():
+            if cache is not None:
                 try:
-                    boxes = cache.load(image_id, image_fingerprint(path))
+                    boxes = cache.load(image_fingerprint(path))
                 except DataError as err:
                     failures[image_id] = err.reason
                     bar.update()
@@ -348,7 +347,7 @@ def compute_proposals(dataset: DetectionDataset, cache_dir: str | Path | None,
                 failures[image_id] = error
             else:
                 if cache is not None:
-                    cache.store(image_id, fingerprint, boxes)
+                    cache.store(fingerprint, boxes)
                 found[image_id] = boxes
             bar.update()
     if failures:

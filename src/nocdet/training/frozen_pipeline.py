@@ -20,7 +20,7 @@ from tqdm import tqdm
 from nocdet.config import dump_yaml
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.errors import ConfigError
-from nocdet.experiment import ExperimentConfig, load_split, load_splits, split_name, split_record
+from nocdet.experiment import ExperimentConfig, ExperimentData, load_experiment_data, split_name, split_record
 from nocdet.frozen_detector import FORMAT as FROZEN_FORMAT, RegionScorer, build_frozen_backbone, build_head
 from nocdet.features.backbones import Backbone
 from nocdet.features.roi_cache import ExtractionSettings, RoIFeatureCache, build_cache, open_cache, region_slice
@@ -32,7 +32,7 @@ from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.post_hoc import fit_box_regressor, fit_svms
 from nocdet.training.svm import LinearSVMs
-from nocdet.training.roi_sampler import Pathways, gather_inputs
+from nocdet.training.roi_sampler import Pathways, gather_inputs, pathways_for
 
 
 def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, progress: bool) -> dict[str, np.ndarray]:
@@ -66,10 +66,8 @@ def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset
 
 
 def pathways(head: NoCHead, train_scale: str, training: bool) -> Pathways:
-    """The NoC's input levels: both for a maxout NoC; else ``noc.train_scale`` in training, the best at test."""
-    if head.spec.has_maxout:
-        return Pathways.PAIR
-    return Pathways(train_scale) if training else Pathways.BEST
+    """The NoC's input levels (:func:`~nocdet.training.roi_sampler.pathways_for`)."""
+    return pathways_for(head.spec.has_maxout, train_scale, training)
 
 
 @torch.inference_mode()
@@ -135,8 +133,9 @@ def write_results(run_dir: Path, dataset: DetectionDataset, split: str, detectio
 
 
 def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
-                          progress: bool = True) -> dict:
-    """Train and evaluate one frozen-feature NoC; everything goes into ``run_dir``. Returns metrics."""
+                          progress: bool = True, data: ExperimentData | None = None) -> dict:
+    """Train and evaluate one frozen-feature NoC; everything goes into ``run_dir``. Returns metrics.
+    ``data``: the splits already read by :func:`load_experiment_data` (else read here)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -144,9 +143,8 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     timing: dict[str, float] = {}
 
     t = time.perf_counter()
-    train_set = load_splits(cfg.data, cfg.data.train)
-    test_set = load_split(cfg.data, cfg.data.test, train_set.classes)
-    val_set = load_split(cfg.data, cfg.data.val, train_set.classes) if cfg.data.val else None
+    data = data or load_experiment_data(cfg.data, cfg.noc.spec)
+    train_set, val_set, test_set = data.train, data.val, data.test
     backbone = build_frozen_backbone(cfg)
     train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress)
     val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress) if val_set else None
@@ -183,7 +181,7 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
 
     save_checkpoint(run_dir / "model.pt", {
         "format": FROZEN_FORMAT, "version": 1, "config": asdict(cfg), "classes": train_set.classes,
-        "similarity_groups": train_set.similarity_groups, "head": head.state_dict(),
+        "category_ids": train_set.category_ids, "similarity_groups": train_set.similarity_groups, "head": head.state_dict(),
         "backbone_state": backbone.state_dict(),
         "svms": svms.state_dict() if svms else None, "bbox": regressor.state_dict() if regressor else None})
     params = sum(p.numel() for p in head.parameters())

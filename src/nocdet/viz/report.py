@@ -34,6 +34,7 @@ from torchvision.ops import box_iou
 
 from nocdet.data.images import load_image_bounded
 from nocdet.data.sample import DetectionDataset, Detections, Sample
+from nocdet.data.coco import read_coco
 from nocdet.data.voc import VOCClassResults, read_voc, read_voc_results
 from nocdet.errors import DataError, NocdetError
 from nocdet.evaluation.diagnosis import ClassDetections, ClassDiagnosis, Diagnosis, diagnose
@@ -133,20 +134,26 @@ def read_run(run_dir: str | Path, name: str | None = None) -> Run:
     log = read_log(log_path) if log_path else []
     run = Run(path, name or str(info.get("name") or path.name), info, config, log, metrics)
     data = info.get("data") or {}
-    if data.get("format") != "voc":
-        run.data_note = f"data format {data.get('format')!r}: only VOC test sets are read for this section"
-        return run
+    if (path / "diagnosis.json").is_file():
+        run.diagnosis = _diagnosis_from_json(_read_json(path / "diagnosis.json"), path / "diagnosis.json")
     try:
-        run.dataset = read_voc(data["root"], data.get("test_split", "test"))
+        run.dataset = _read_test_set(data)
     except (KeyError, NocdetError) as err:
         run.data_note = f"the test set of {path / 'run.json'} cannot be read ({err})"
         return run
     known = {s.image_id for s in run.dataset.samples}
     run.results = read_voc_results(path / "results", data.get("test_split", "test"),
                                    run.dataset.classes, known_ids=known)
-    if (path / "diagnosis.json").is_file():
-        run.diagnosis = _diagnosis_from_json(_read_json(path / "diagnosis.json"), path / "diagnosis.json")
     return run
+
+
+def _read_test_set(data: dict) -> DetectionDataset:
+    """The test set that ``run.json``'s ``data`` record names: a VOC split or a COCO file."""
+    if data.get("format") == "coco":
+        return read_coco(data["root"], data["images"])
+    if data.get("format") == "voc":
+        return read_voc(data["root"], data.get("test_split", "test"))
+    raise DataError(f"unknown data format {data.get('format')!r}")
 
 
 def _diagnosis_from_json(obj: Any, path: Path) -> Diagnosis:
