@@ -90,7 +90,7 @@ solver: {{iterations: 6, lr_steps: [4], checkpoint_every: 6, val_every: 6, val_b
 """)
     specs = ["f32-f32-fn+1", "c16-mo-c16-f32-f32-fn+1"]
     args = argparse.Namespace(config=cfg, noc=specs, overrides=[], seed=None, device=None,
-                              output=tmp_path / "sweep", no_progress=True)
+                              output=tmp_path / "sweep", no_progress=True, threads=1)
     assert sweep.run(args) == 0
     rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == specs

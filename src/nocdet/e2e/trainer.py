@@ -3,10 +3,12 @@
 The model follows torchvision's GeneralizedRCNN contract: ``model(images, targets)`` returns a
 dict of losses in train mode, ``model(images)`` a list of ``{"boxes", "labels", "scores"}`` in
 eval mode. SGD with warm-up and steps (:mod:`nocdet.e2e.solver`); batches from
-:class:`~nocdet.e2e.data.GroupedBatchSampler`. Everything goes to ``run_dir/train/``:
+:class:`~nocdet.e2e.data.GroupedBatchSampler`. The loop is :mod:`nocdet.training.engine`'s; this
+module is its step function (DDP included) and the state a checkpoint holds. Everything goes to
+``run_dir/train/``:
 
 * ``log.jsonl``: every ``log_every`` iterations the window means of each loss and of their sum
-  (``loss``), ``lr`` and ``seconds_per_iteration``; at validation points ``val_loss``,
+  (``loss``), ``lr``, ``seconds`` and ``seconds_per_iteration``; at validation points ``val_loss``,
   ``val_<loss name>`` and ``val_<metric>`` (e.g. ``val_voc07_mAP``);
 * ``checkpoint.pt``: every ``checkpoint_every`` iterations, at the end and on SIGINT/SIGTERM,
   written atomically: model, optimizer, gradient scaler, iteration, sampler state, the RNG
@@ -48,12 +50,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import math
+import functools
 import os
 import random
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,16 +68,17 @@ from tqdm import tqdm
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.e2e.data import DetectionImages, GroupedBatchSampler, aspect_groups, collate
 from nocdet.e2e.solver import E2ESolverConfig, build_optimizer, learning_rate
-from nocdet.errors import ConfigError, TrainingError
+from nocdet.errors import ConfigError
+from nocdet.training import engine
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nocdet.training.run_log import RunLog
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 
 
 @dataclass
 class TrainResult:
-    """How training ended: ``losses`` are the last logged window means (``loss`` = their sum)."""
+    """How training ended: ``losses`` are the means over the last loss window (``loss`` = their
+    sum; when a signal stopped the run, over the iterations since the last log point)."""
 
     iterations: int
     losses: dict[str, float]
@@ -253,7 +255,7 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
     if solver.amp != "none" and dev.type != "cuda":
         raise ConfigError(f"solver.amp={solver.amp} needs a CUDA device (device is {dev})")
     out = run_dir / "train"
-    ckpt_path, log_path, final_path = out / "checkpoint.pt", out / "log.jsonl", out / "final.pt"
+    ckpt_path, final_path = out / "checkpoint.pt", out / "final.pt"
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
     _seed_all(seed + world.rank)
@@ -263,22 +265,6 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
     sampler = GroupedBatchSampler(len(train), solver.images_per_batch, seed=seed, flip=solver.flip,
                                   groups=aspect_groups(train) if solver.aspect_ratio_grouping else None,
                                   rank=world.rank, world_size=world.size)
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path) if world.main and ckpt_path.exists() else None
-        if world.size > 1:
-            box = [state]
-            dist.broadcast_object_list(box, src=0)
-            state = box[0]
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when saved without float16 AMP
-            scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        start = int(state["iteration"])
-    log = RunLog(log_path, start) if world.main else None
     net = model
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -287,16 +273,38 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
     loader = torch.utils.data.DataLoader(
         DetectionImages(train), batch_sampler=sampler, collate_fn=collate, num_workers=solver.workers,
         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(seed))  # keeps global RNG untouched
-    batches = iter(loader)
-    if state is not None:  # last, so nothing above shifts the restored random streams
-        if state["world_size"] == world.size:
-            set_rng_state(state["rng"][world.rank], dev)
-        else:
-            warnings.warn(f"resuming on {world.size} processes a run checkpointed on {state['world_size']}: "
-                          "random streams are re-seeded, the continuation is not bit-exact", stacklevel=3)
-            _seed_all(seed + world.rank + 7919 * start)
+    batches: Iterator[Batch] | None = None  # opened at the first step, after a resume restored the sampler
+    stopping: str | None = None  # the stop agreed by all processes at the latest step
+    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(solver.amp)
 
-    def checkpoint(done: int) -> None:
+    def step(_iteration: int) -> dict[str, float]:
+        nonlocal batches, stopping
+        if batches is None:
+            batches = iter(loader)
+        images, targets = _to_device(next(batches), dev)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            losses = net(images, targets)
+        # one reduction per iteration: the losses for the log and the NaN check, and the stop
+        # flag, so that every process stops at the same iteration
+        values = torch.stack([v.detach().float() for v in losses.values()]
+                             + [torch.tensor(float(stop.requested is not None), device=dev)])
+        if world.size > 1:
+            dist.all_reduce(values)
+            values /= world.size
+        *terms, flag = values.tolist()
+        # a signal arriving later in this iteration is seen at the next one
+        stopping = (stop.requested or "signal on another process") if flag > 0 else None
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        if solver.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                     solver.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        return dict(zip(losses, terms))
+
+    def save(done: int) -> None:
         rng = [rng_state(dev)]
         if world.size > 1:
             rng = [None] * world.size
@@ -309,94 +317,56 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
         if world.size > 1:
             dist.barrier()
 
-    def validate_now() -> tuple[dict[str, float], dict[str, Any]]:
-        subset = _subset(val, solver.val_images)
-        losses = validation_loss(model, subset, batch_size=max(1, solver.images_per_batch // world.size),
-                                 seed=seed, rank=world.rank, world_size=world.size)
-        metrics = dict(evaluate(model, subset)) if evaluate is not None and world.main else {}
+    def restore() -> int:
+        state = load_checkpoint(ckpt_path) if world.main and ckpt_path.exists() else None
+        if world.size > 1:
+            box = [state]
+            dist.broadcast_object_list(box, src=0)
+            state = box[0]
+        if state is None:
+            return 0
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without float16 AMP
+            scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        start = int(state["iteration"])
+        if state["world_size"] == world.size:
+            set_rng_state(state["rng"][world.rank], dev)
+        else:
+            warnings.warn(f"resuming on {world.size} processes a run checkpointed on {state['world_size']}: "
+                          "random streams are re-seeded, the continuation is not bit-exact", stacklevel=2)
+            _seed_all(seed + world.rank + 7919 * start)
+        return start
+
+    validated: dict[str, Any] = {}
+
+    def validate(dataset: DetectionDataset) -> dict[str, Any]:
+        subset = _subset(dataset, solver.val_images)
+        validated["losses"] = validation_loss(model, subset, batch_size=max(1, solver.images_per_batch // world.size),
+                                              seed=seed, rank=world.rank, world_size=world.size)
+        validated["metrics"] = dict(evaluate(model, subset)) if evaluate is not None and world.main else {}
         if world.size > 1:
             dist.barrier()
         model.train()
-        return losses, metrics
+        return {**validated["losses"], **validated["metrics"]}
 
-    bar = tqdm(total=solver.iterations, initial=start, desc="train detector", unit="it",
-               disable=not (progress and world.main))
     model.train()
-    t_start = time.perf_counter()
-    t_window = t_start
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    val_losses: dict[str, float] | None = None
-    val_metrics: dict[str, Any] | None = None
-    interrupted = None
-    done = start
-    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(solver.amp)
-    try:
-        for iteration in range(start, solver.iterations):
-            lr = learning_rate(solver, iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, targets = _to_device(next(batches), dev)
-            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                losses = net(images, targets)
-            total = sum(losses.values())
-            # one reduction per iteration: the losses for the log and the NaN check, and the stop
-            # flag, so that every process stops at the same iteration
-            values = torch.stack([v.detach().float() for v in losses.values()]
-                                 + [torch.tensor(float(stop.requested is not None), device=dev)])
-            if world.size > 1:
-                dist.all_reduce(values)
-                values /= world.size
-            values = values.tolist()
-            stopping = values[-1] > 0  # a signal arriving later in this iteration is seen at the next one
-            for name, value in zip(losses, values):
-                if not math.isfinite(value):
-                    kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
-                            else "no checkpoint was written yet")
-                    raise TrainingError(f"iteration {iteration + 1}: {name} is {value} (non-finite); training "
-                                        f"stopped, {kept}; try a lower learning rate or gradient clipping")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if solver.clip_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                         solver.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            done = iteration + 1
-            bar.update(1)
-            for name, value in zip(losses, values):
-                window.setdefault(name, []).append(value)
-            record: dict[str, Any] = {}
-            if done % solver.log_every == 0 or done == solver.iterations:
-                now = time.perf_counter()
-                means = {name: float(np.mean(v)) for name, v in window.items()}
-                last = {"loss": sum(means.values()), **means}
-                record = {"iteration": done, **last, "lr": lr,
-                          "seconds_per_iteration": (now - t_window) / len(next(iter(window.values())))}
-                window, t_window = {}, now
-                bar.set_postfix(loss=f"{last['loss']:.3f}")
-            if val is not None and ((solver.val_every and done % solver.val_every == 0) or done == solver.iterations):
-                val_losses, val_metrics = validate_now()
-                record = {"iteration": done, **record,
-                          **{f"val_{name}": value for name, value in {**val_losses, **val_metrics}.items()}}
-                t_window = time.perf_counter()  # validation time is not training time
-            if log is not None and record:
-                log.write(record)
-            if done % solver.checkpoint_every == 0 or done == solver.iterations or stopping:
-                checkpoint(done)
-            if stopping:
-                interrupted = stop.requested or "signal on another process"
-                break
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+    state = engine.train(step, iterations=solver.iterations, optimizer=optimizer,
+                         lr=functools.partial(learning_rate, solver),
+                         checkpoints=engine.Checkpoints(ckpt_path, save, restore, solver.checkpoint_every),
+                         resume=resume, log=out / "log.jsonl" if world.main else None, log_every=solver.log_every,
+                         validate=None if val is None else functools.partial(validate, val),
+                         val_every=solver.val_every, progress="train detector" if progress and world.main else None,
+                         signals=stop, stop_requested=lambda: stopping,
+                         advice="try a lower learning rate or gradient clipping")
     final = None
-    if interrupted is None:
+    if state.stop is None:
         if world.main:
-            save_checkpoint(final_path, {"model": model.state_dict(), "iteration": done, "extra_state": extra_state})
+            save_checkpoint(final_path, {"model": model.state_dict(), "iteration": state.iteration,
+                                         "extra_state": extra_state})
             final = final_path
         if world.size > 1:
             dist.barrier()
-    return TrainResult(done, last, val_losses, val_metrics, time.perf_counter() - t_start, interrupted, final)
+    return TrainResult(state.iteration, state.mean_losses, validated.get("losses"), validated.get("metrics"),
+                       state.seconds, state.stop, final)
