@@ -1,4 +1,4 @@
-"""``nocdet data make scene-digits``: generate the embedded default data set and summarise it."""
+"""``nocdet data make scene-digits|scene-glyphs``: generate an embedded data set and summarise it."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 NAME = "data"
-HELP = "make the embedded data sets (scene-digits: real MNIST digits in real photographs)"
-DATASETS = ("scene-digits",)
+HELP = ("make the embedded data sets (scene-digits: real MNIST digits in real photographs; "
+        "scene-glyphs: letters and symbols in fonts, in real photographs)")
+DATASETS = ("scene-digits", "scene-glyphs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make = actions.add_parser(
         "make", help="generate a data set in the PASCAL VOC layout plus COCO files",
         description="Generate a data set in the PASCAL VOC layout (JPEGImages/, Annotations/, "
-                    "ImageSets/Main/) plus COCO files (annotations/instances_<split>.json).")
+                    "ImageSets/Main/) plus COCO files (annotations/instances_<split>.json). "
+                    "scene-digits: 10 classes, MNIST digits (the demo's data); scene-glyphs: 20 "
+                    "classes, letters and symbols rendered from matplotlib's fonts, test fonts "
+                    "unseen in training (docs/scene_glyphs.md).")
     make.add_argument("dataset", choices=DATASETS, help="which data set")
     make.add_argument("--out", required=True, type=Path,
-                      help="output folder: new, empty, or a previous scene-digits output (replaced)")
+                      help="output folder: new, empty, or a previous output of the same data set (replaced)")
     make.add_argument("--train", type=int, default=1000, metavar="N",
                       help="train-side images; every 8th is in val (default: %(default)s)")
     make.add_argument("--test", type=int, default=300, metavar="N", help="test images (default: %(default)s)")
@@ -35,12 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nocdet.data.scene_digits import generate_scene_digits
+    if args.dataset == "scene-glyphs":
+        from nocdet.data.scene_glyphs import generate_scene_glyphs as generate
+    else:
+        from nocdet.data.scene_digits import generate_scene_digits as generate
 
     start = time.perf_counter()
-    out = generate_scene_digits(args.out, num_train=args.train, num_test=args.test, seed=args.seed,
-                                image_size=args.image_size, progress=not args.no_progress,
-                                workers=args.workers)
+    out = generate(args.out, num_train=args.train, num_test=args.test, seed=args.seed,
+                   image_size=args.image_size, progress=not args.no_progress, workers=args.workers)
     print(summary(out, time.perf_counter() - start))
     return 0
 
@@ -50,9 +56,11 @@ def summary(root: Path, seconds: float) -> str:
     description = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     counts = description["counts"]
     classes = description["classes"]
-    header = f"{'split':<9}{'images':>7}{'objects':>8}{'difficult':>10}  " + "".join(f"{c:>5}" for c in classes)
-    lines = [f"scene-digits (seed {description['config']['seed']}) written to {root} in {seconds:.1f} s", header]
+    name = description["generator"].removeprefix("nocdet ")
+    widths = {c: max(5, len(c) + 1) for c in classes}
+    header = f"{'split':<9}{'images':>7}{'objects':>8}{'difficult':>10}  " + "".join(f"{c:>{widths[c]}}" for c in classes)
+    lines = [f"{name} (seed {description['config']['seed']}) written to {root} in {seconds:.1f} s", header]
     for split, c in counts.items():
         lines.append(f"{split:<9}{c['images']:>7}{c['objects']:>8}{c['difficult']:>10}  "
-                     + "".join(f"{c['per_class'][name]:>5}" for name in classes))
+                     + "".join(f"{c['per_class'][name]:>{widths[name]}}" for name in classes))
     return "\n".join(lines)
