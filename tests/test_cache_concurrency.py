@@ -73,5 +73,5 @@ def test_two_processes_extracting_one_cache_agree(tmp_path):
     np.testing.assert_array_equal(np.asarray(a.features), np.asarray(b.features))
     for name in ("boxes", "levels", "best", "is_gt", "overlap", "label", "target", "offsets", "image"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    assert sorted(p.name for p in folder.iterdir()) == ["settings.json", "shard-00000-of-00001",
+    assert sorted(p.name for p in folder.iterdir()) == ["last-used", "settings.json", "shard-00000-of-00001",
                                                        "shard-00000-of-00001.done.json"]

@@ -13,7 +13,7 @@ from nocdet import __version__
 from nocdet.errors import NocdetError
 
 COMMANDS = ["data", "evaluate", "noc", "proposals", "pretrain", "train", "sweep", "detect", "diagnose", "report", "demo",
-            "export", "convert_caffe"]
+            "export", "convert_caffe", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ from nocdet.frozen_detector import FrozenNoCDetector
 from nocdet.prediction import ImageLike, as_rgb_array
 from nocdet.errors import ConfigError, DataError
 from nocdet.export_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from nocdet.extras import require_extra
 from nocdet.features.pyramid import select_adjacent_pair, select_scale
 from nocdet.io import atomic_write_bytes
 
@@ -154,6 +155,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, opset: int = DEFAU
     outputs ``scores [R, K]`` and ``boxes [R, K, 4]``. The file is checked by ``onnx.checker`` and
     written atomically; its metadata carries the class names and post-processing numbers.
     """
+    require_extra("export", "exporting to ONNX")
     import onnx
     from torch.onnx import register_custom_op_symbolic
 
@@ -193,6 +195,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, opset: int = DEFAU
 
 def onnx_session(path: str | Path) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session of an exported model; a file that is not one is a DataError."""
+    require_extra("export", "running an ONNX model")
     import onnxruntime
 
     path = Path(path)

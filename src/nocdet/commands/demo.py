@@ -17,12 +17,14 @@ from nocdet.threads import add_threads_argument
 NAME = "demo"
 HELP = "make scene-digits, train a NoC on ImageNet features, evaluate, diagnose and write a report"
 
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+#: the configs shipped in the package (package data; in a source checkout, a link to configs/)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--config", type=Path, default=REPO_CONFIGS / "demo.yaml", help="experiment config")
+    parser.add_argument("--config", type=Path, default=CONFIGS / "demo.yaml",
+                        help="experiment config (default: the one shipped with nocdet, %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--train", type=int, default=800, help="train-side images to generate")
@@ -38,19 +40,22 @@ def run(args: argparse.Namespace) -> int:
     from nocdet.threads import use_threads
 
     use_threads(args.threads)
+    from nocdet.caches import format_bytes, list_entries
     from nocdet.data.scene_digits import generate_scene_digits
     from nocdet.errors import ConfigError
     from nocdet.experiment import load_experiment
+    from nocdet.extras import require_extra
     from nocdet.runs import run_experiment
     from nocdet.viz.report import write_report
 
     if not args.config.exists():
-        raise ConfigError(f"demo config {args.config} not found (run from the repository, or pass --config)")
+        raise ConfigError(f"demo config {args.config} not found")
     progress = not args.no_progress
     out = args.out.resolve()
     start = time.perf_counter()
     data = out / "scene-digits"
     if not (data / "dataset.json").exists():
+        require_extra("demo", "nocdet demo (making scene-digits)")
         print(f"[1/4] making scene-digits in {data}")
         generate_scene_digits(data, num_train=args.train, num_test=args.test, seed=args.seed, progress=progress)
     else:
@@ -73,4 +78,8 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] report")
     report = write_report([run_dir], out / "report.html")
     print(f"done in {time.perf_counter() - start:.0f} s. Report: {report}")
+    cache = Path(cfg.cache_dir)
+    print(f"caches (proposals, RoI features; a second run reuses them): "
+          f"{format_bytes(sum(e.size for e in list_entries(cache)))} in {cache}. "
+          f"Remove them with: nocdet cache clean --root {cache} --all")
     return 0

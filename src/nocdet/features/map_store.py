@@ -71,6 +71,14 @@ class MapIndex:
                        roi_size=int(z["roi_size"]), pool_mode=str(z["pool_mode"]), channels=int(z["channels"]))
 
 
+def map_bytes(width: int, height: int, factors: Sequence[float], stride: int, channels: int) -> int:
+    """About the bytes one image's maps take in ``maps.npy``: per level, C x ceil(H'/stride) x
+    ceil(W'/stride) float16 values, H' x W' the resized image (networks that pad differently give
+    a cell more or less per side)."""
+    cells = sum(-(-max(1, round(height * f)) // stride) * -(-max(1, round(width * f)) // stride) for f in factors)
+    return 2 * channels * cells
+
+
 class MapWriter:
     """Streams images' pyramid maps into an open ``maps.npy`` (float16, 1-D), one image at a time.
 

@@ -28,6 +28,9 @@ content: backbone and weights, scales, pooling, store, proposals, images and ann
                                      overlap [N], label [N], target [N,4]
                      images.json     the shard's image ids, flip flags and region offsets
     shard-<k>-of-<n>.done.json       written atomically last: a shard without it is rebuilt
+    last-used                        empty, touched when the cache is built or opened (nocdet cache ls)
+
+Before extracting, rank 0 logs the cache's estimated size (:func:`estimate_bytes`).
 
 A shard is built in a private temporary folder (``shard-<k>-of-<n>.<host>-<pid>.<random>.tmp``),
 its files written and fsync'ed, and only then renamed to ``shard-<k>-of-<n>/`` and marked done:
@@ -51,6 +54,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -64,16 +68,22 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from nocdet.caches import format_bytes
 from nocdet.data.images import load_image
 from nocdet.data.sample import DetectionDataset
 from nocdet.errors import ConfigError, DataError, NocdetError
-from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, open_maps
+from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, map_bytes, open_maps
 from nocdet.features.pyramid import pool_slots, pyramid_scale_factors, resize_to_scales, select_adjacent_pair, \
     select_scale
 from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
 
 CACHE_FORMAT = 1
 STORES = ("pooled", "maps")
+LAST_USED = "last-used"  # empty file in a cache folder, touched whenever the cache is built or opened
+# regions.npz bytes per region besides its levels: boxes 16, image 4, best 1, is_gt 1, overlap 4, label 8, target 16
+_REGION_BYTES = 50
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,6 +171,27 @@ def cache_key(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], ba
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(np.ascontiguousarray(proposals[sample.image_id], np.float32).tobytes())
     return h.hexdigest()[:20]
+
+
+def estimate_bytes(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], settings: ExtractionSettings,
+                   channels: int, stride: int, roi_size: int) -> tuple[int, int]:
+    """``(images, bytes)`` of the cache of ``dataset`` before it is built: the images (twice each
+    with flips) and the bytes of their features (pooled: regions x P x C x m x m float16, exact;
+    maps: :func:`~nocdet.features.map_store.map_bytes`, about) and of ``regions.npz``."""
+    copies = 2 if settings.flip else 1
+    pathways = 1 if len(settings.scales) == 1 else 2
+    total = 0
+    for sample in dataset.samples:
+        regions = len(np.asarray(proposals[sample.image_id]).reshape(-1, 4))
+        if settings.include_gt:
+            regions += int((~np.asarray(sample.difficult, bool)).sum())
+        if settings.store == "maps":
+            factors = pyramid_scale_factors(sample.width, sample.height, settings.scales, settings.max_size)
+            features = map_bytes(sample.width, sample.height, factors, stride, channels)
+        else:
+            features = 2 * regions * pathways * channels * roi_size * roi_size
+        total += copies * (features + regions * (_REGION_BYTES + pathways))
+    return copies * len(dataset.samples), total
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -268,7 +299,14 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     name = f"shard-{rank:05d}-of-{world_size:05d}"
     done = folder / f"{name}.done.json"
     if done.exists():
+        _touch(folder / LAST_USED)
         return folder
+    if rank == 0:
+        images, size = estimate_bytes(dataset, proposals, settings, int(backbone.out_channels),
+                                      int(getattr(backbone, "stride", 16)), roi_size)
+        logger.info("building the RoI feature cache of %s: %d images x %s (%s store) = about %s in %s",
+                    dataset.name, images, format_bytes(size / max(images, 1)), settings.store, format_bytes(size),
+                    folder)
     shard_dir = folder / name
     if shard_dir.exists() and not (shard_dir / "images.json").exists():
         shutil.rmtree(shard_dir, ignore_errors=True)  # left by a killed run of an older nocdet
@@ -296,7 +334,16 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     with np.load(shard_dir / "regions.npz") as regions:
         total = len(regions["boxes"])
     atomic_write_json(done, {"key": key, "regions": total, "images": len(image_ids)})
+    _touch(folder / LAST_USED)
     return folder
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache as used now (``nocdet cache ls``); a read-only cache stays unmarked."""
+    try:
+        path.touch()
+    except OSError:
+        pass
 
 
 def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
@@ -375,6 +422,7 @@ def open_cache(folder: str | Path) -> RoIFeatureCache:
     absent = [n for n in expected if n not in names]
     if absent:
         raise DataError(f"the cache is incomplete: shards {absent} have not finished", path=folder)
+    _touch(folder / LAST_USED)
     cache = RoIFeatureCache(folder)
     for name in expected:
         shard_dir = folder / name
