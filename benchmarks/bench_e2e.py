@@ -46,10 +46,10 @@ from torchvision.ops import MultiScaleRoIAlign
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_noc import count_flops, cpu_model, verdict  # noqa: E402
 
-from nocdet.e2e.config import E2EExperimentConfig, load_e2e_experiment  # noqa: E402
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model  # noqa: E402
 from nocdet.e2e.roi_heads import BOX_WEIGHTS  # noqa: E402
 from nocdet.e2e.solver import build_optimizer  # noqa: E402
+from nocdet.experiment import ExperimentConfig, load_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN_DIR = ROOT / "configs" / "e2e" / "scene_digits"
@@ -139,10 +139,10 @@ def detect(model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return model(images)
 
 
-def build_model(cfg: E2EExperimentConfig, num_classes: int, device: torch.device) -> NoCFasterRCNN:
-    """The config's detector with random weights (``cfg.model.backbone.weights`` is not read)."""
+def build_model(cfg: ExperimentConfig, num_classes: int, device: torch.device) -> NoCFasterRCNN:
+    """The config's detector with random weights (``cfg.backbone.weights`` is not read)."""
     torch.manual_seed(0)
-    return build_e2e_model(cfg.model, num_classes, pretrained=False).to(device)
+    return build_e2e_model(cfg, num_classes, pretrained=False).to(device)
 
 
 # ----------------------------------------------------------------------------- 1. ours vs torchvision
@@ -157,7 +157,7 @@ def torchvision_twin(ours: NoCFasterRCNN) -> FasterRCNN:
     if kinds != ["fc", "fc", "fc"]:
         raise ValueError(f"torchvision's TwoMLPHead mirrors an fc, fc, fcn+1 NoC, not {noc.spec}")
     if pooling.pool != "align" or pooling.aligned:
-        raise ValueError("torchvision pools with RoIAlign (aligned=False): build ours with model.roi.pool=align")
+        raise ValueError("torchvision pools with RoIAlign (aligned=False): build ours with roi.pool=align")
     s, r, t = cfg.sampling, cfg.rpn, cfg.test
     if s.bg_iou_lo != 0.0 or s.bg_iou_hi != s.fg_iou:
         raise ValueError("torchvision's RoI sampling has background IoU [0, fg_iou): set bg_iou_lo=0, bg_iou_hi=fg_iou")
@@ -202,17 +202,17 @@ def detection_gap(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> flo
 
 def compare_pairs(quick: bool, device: torch.device) -> list[tuple[str, NoCFasterRCNN, FasterRCNN, Batch]]:
     """(name, ours, torchvision, batch of 2 images) for the scene-digits twin and ResNet-50."""
-    align = ["model.roi.pool=align", "model.roi.sampling_ratio=2", "model.roi.aligned=false"]
+    align = ["roi.pool=align", "roi.sampling_ratio=2", "roi.aligned=false"]
     generator = torch.Generator().manual_seed(1)
     pairs = []
-    sd = load_e2e_experiment(COMPARE_TWIN, align)
+    sd = load_experiment(COMPARE_TWIN, align)
     r50_size = 224 if quick else 320
-    r50 = load_e2e_experiment(COMPARE_TWIN, align + ["model.backbone.name=resnet50",
-                                                     # the twin's options without small-resnet's width
-                                                     "model.backbone.options={frozen_stages: 1, frozen_bn: true}",
-                                                     "model.noc.spec=fc1024, fc1024, fcn+1",
-                                                     f"model.transform.min_size=[{r50_size}]"])
-    for name, cfg in ((f"scene-digits small-resnet a trous, fc512-fc512, {sd.model.transform.min_size[0]} px", sd),
+    r50 = load_experiment(COMPARE_TWIN, align + ["backbone.name=resnet50",
+                                                 # the twin's options without small-resnet's width
+                                                 "backbone.options={frozen_stages: 1, frozen_bn: true}",
+                                                 "noc.spec=fc1024, fc1024, fcn+1",
+                                                 f"transform.min_size=[{r50_size}]"])
+    for name, cfg in ((f"scene-digits small-resnet a trous, fc512-fc512, {sd.transform.min_size[0]} px", sd),
                       (f"ResNet-50 a trous, fc1024-fc1024, {r50_size} px", r50)):
         ours = build_model(cfg, SD_CLASSES, device)
         pairs.append((name, ours, torchvision_twin(ours), synthetic_batch(2, SD_IMAGE, SD_CLASSES, generator, device)))
@@ -255,16 +255,16 @@ def flop_models(quick: bool, device: torch.device) -> list[tuple[str, NoCFasterR
     generator = torch.Generator().manual_seed(2)
     size = 320 if quick else 600
     rois = 100 if quick else 300
-    r50 = load_e2e_experiment(PAPER_C4, ["model.backbone.name=resnet50", f"model.transform.min_size=[{size}]",
-                               f"model.rpn.post_nms_top_n_test={rois}"])
+    r50 = load_experiment(PAPER_C4, ["backbone.name=resnet50", f"transform.min_size=[{size}]",
+                                     f"rpn.post_nms_top_n_test={rois}"])
     width, height = COCO_IMAGE
     r50_images = synthetic_batch(1, (round(width * size / height), size), COCO_CLASSES, generator, device)[0]
-    sd = load_e2e_experiment(C4_TWIN)
+    sd = load_experiment(C4_TWIN)
     sd_images = synthetic_batch(1, SD_IMAGE, SD_CLASSES, generator, device)[0]
     return [(f"ResNet-50 C4, res5a,5b,5c NoC, {size} px, {rois} RoIs", build_model(r50, COCO_CLASSES, device),
              r50_images, True),
-            (f"scene-digits C4, res5a,5b NoC, {sd.model.transform.min_size[0]} px, "
-             f"{sd.model.rpn.post_nms_top_n_test} RoIs", build_model(sd, SD_CLASSES, device), sd_images, False)]
+            (f"scene-digits C4, res5a,5b NoC, {sd.transform.min_size[0]} px, "
+             f"{sd.rpn.post_nms_top_n_test} RoIs", build_model(sd, SD_CLASSES, device), sd_images, False)]
 
 
 def run_flops(args: argparse.Namespace, device: torch.device, warmup: int, rounds: int) -> None:
@@ -365,7 +365,7 @@ def run_twins(args: argparse.Namespace, device: torch.device, warmup: int, round
     sync = synchronizer(device)
     twins = {}
     for path in paths:
-        cfg = load_e2e_experiment(path, args.set)
+        cfg = load_experiment(path, args.set)
         model = build_model(cfg, SD_CLASSES, device)
         batch = synthetic_batch(cfg.solver.images_per_batch, SD_IMAGE, SD_CLASSES, generator, device)
         twins[path.stem.removeprefix("table8_")] = (cfg, model, zero_lr_sgd(model, cfg.solver), batch)
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=("compare", "flops", "twins"),
                         help="run only these parts (default: all three)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every twin config of part 3 (e.g. model.sampling.rois_per_image=64)")
+                        help="override for every twin config of part 3 (e.g. sampling.rois_per_image=64)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 5)
     if rounds < 1 or args.warmup < 0 or args.threads < 1:

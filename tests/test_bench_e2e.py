@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nocdet.config import from_dict
-from nocdet.e2e.config import E2EModelConfig
 from nocdet.e2e.model import build_e2e_model
+from nocdet.experiment import config_from_dict
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 K = 3
@@ -25,7 +24,8 @@ def bench():
 
 
 def tiny_model(spec: str = "fc32, fc32, fcn+1", variant: str = "atrous", pool: str = "align"):
-    cfg = from_dict(E2EModelConfig, {
+    cfg = config_from_dict({
+        "setting": "e2e",
         "backbone": {"name": "small-resnet", "variant": variant, "options": {"width": 0.25, "frozen_bn": True}},
         "transform": {"min_size": [96], "max_size": 160},
         "rpn": {"anchor_sizes": [16, 32, 64], "pre_nms_top_n_train": 300, "post_nms_top_n_train": 60,
@@ -107,8 +107,8 @@ def test_staged_iteration_is_the_models_iteration(bench, spec, variant):
 @pytest.mark.slow
 def test_twins_part_runs(bench, capsys):
     code = bench.main(["--quick", "--threads", "1", "--warmup", "0", "--rounds", "1", "--only", "twins",
-                       "--set", "model.sampling.rois_per_image=8", "--set", "model.transform.min_size=[96]",
-                       "--set", "model.transform.max_size=160"])
+                       "--set", "sampling.rois_per_image=8", "--set", "transform.min_size=[96]",
+                       "--set", "transform.max_size=160"])
     out = capsys.readouterr().out
     assert code == 0
     for name in ("atrous_1fc", "atrous_3fc", "conv_noc", "naive_1fc"):

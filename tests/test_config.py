@@ -84,13 +84,11 @@ def test_frozen_config_rejects_values_that_cannot_be_meant(override, message):
 
 
 def test_both_settings_reject_a_negative_learning_rate():
-    from nocdet.e2e.config import load_e2e_experiment
     from nocdet.experiment import load_experiment
 
-    for load, config in ((load_experiment, "configs/demo.yaml"),
-                         (load_e2e_experiment, "configs/e2e/scene_digits/table8_conv_noc.yaml")):
+    for config in ("configs/demo.yaml", "configs/e2e/scene_digits/table8_conv_noc.yaml"):
         with pytest.raises(ConfigError, match="solver.lr must be > 0"):
-            load(config, ["solver.lr=-1"])
+            load_experiment(config, ["solver.lr=-1"])
 
 
 def test_cli_reports_a_bad_value_without_a_traceback(tmp_path):
@@ -141,13 +139,12 @@ def test_a_key_written_twice_is_an_error_naming_file_and_line(tmp_path):
 
 
 def test_a_device_that_is_not_one_is_refused_at_load():
-    from nocdet.e2e.config import load_e2e_experiment
     from nocdet.experiment import load_experiment
 
     with pytest.raises(ConfigError, match="device 'gpu' is not a device: use cpu, cuda or cuda:N"):
         load_experiment("configs/demo.yaml", ["device=gpu"])
     with pytest.raises(ConfigError, match="device 'gpu' is not a device"):
-        load_e2e_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml", ["device=gpu"])
+        load_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml", ["device=gpu"])
 
 
 def test_a_missing_cuda_device_is_refused_before_any_work(tmp_path):

@@ -80,8 +80,8 @@ def paper_train(key: str) -> list[str]:
 
 
 def num_classes(cfg: ExperimentConfig) -> int:
-    """20 for PASCAL VOC, 10 for scene-digits (the digits 0-9), read off the data root."""
-    if "VOCdevkit" in cfg.data.root:
+    """20 for PASCAL VOC and scene-glyphs, 10 for scene-digits (the digits 0-9), read off the data root."""
+    if "VOCdevkit" in cfg.data.root or "scene-glyphs" in cfg.data.root:
         return 20
     assert "scene-digits" in cfg.data.root, cfg.data.root
     return 10

@@ -5,14 +5,13 @@ bad configs. The big models are built on torch's meta device (shapes, no memory,
 the small-resnet twins for real with random weights."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from nocdet.config import load_yaml, to_dict
-from nocdet.e2e.config import E2EExperimentConfig, is_e2e_config, load_e2e_experiment
+from nocdet.experiment import ExperimentConfig, load_experiment
 from nocdet.e2e.model import build_e2e_model
 from nocdet.errors import ConfigError
 from nocdet.noc.spec import parse_noc
@@ -52,7 +51,7 @@ STRIDE = {("vgg16", "naive"): 16, ("googlenet", "naive"): 32, ("resnet101", "nai
           ("googlenet", "atrous"): 16, ("resnet101", "atrous"): 16, ("googlenet", "c4"): 16, ("resnet101", "c4"): 16}
 
 
-def num_classes(cfg: E2EExperimentConfig) -> int:
+def num_classes(cfg: ExperimentConfig) -> int:
     if cfg.data.format == "coco":
         return 80
     return 20 if "VOCdevkit" in cfg.data.root else 10
@@ -64,19 +63,19 @@ def rel(path: Path) -> str:
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=rel)
 def test_every_experiment_loads_and_its_noc_fits_the_data(path):
-    assert is_e2e_config(path)
-    cfg = load_e2e_experiment(path)
-    spec = parse_noc(cfg.model.noc.spec)
-    assert str(spec) == cfg.model.noc.spec  # the paper's comma notation, canonical
+    cfg = load_experiment(path)
+    assert cfg.setting == "e2e"
+    spec = parse_noc(cfg.noc.spec)
+    assert str(spec) == cfg.noc.spec  # the paper's comma notation, canonical
     assert spec.resolve(num_classes(cfg)).num_outputs == num_classes(cfg) + 1
 
 
 @pytest.mark.parametrize("path", PAPER, ids=rel)
 def test_paper_models_build_with_the_paper_geometry(path):
-    cfg = load_e2e_experiment(path)
+    cfg = load_experiment(path)
     with torch.device("meta"):
-        model = build_e2e_model(cfg.model, num_classes(cfg), pretrained=False)
-    b = cfg.model.backbone
+        model = build_e2e_model(cfg, num_classes(cfg), pretrained=False)
+    b = cfg.backbone
     assert model.backbone.stride == STRIDE[(b.name, b.variant)]
     pooling, noc = model.roi_heads.pooling, model.roi_heads.noc
     conv_noc = b.variant == "c4"
@@ -89,37 +88,37 @@ def test_paper_models_build_with_the_paper_geometry(path):
 
 @pytest.mark.parametrize("path", TWINS, ids=rel)
 def test_scene_digits_twins_build_for_real(path):
-    cfg = load_e2e_experiment(path)
-    model = build_e2e_model(cfg.model, 10, pretrained=False)
-    assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[cfg.model.backbone.variant]
+    cfg = load_experiment(path)
+    model = build_e2e_model(cfg, 10, pretrained=False)
+    assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[cfg.backbone.variant]
     # 7 x 7 RoIs everywhere: the conv NoC keeps res5 at stride 1 on the CPU (configs/e2e/README.md)
-    assert model.roi_heads.pooling.size == 7 and cfg.model.noc.stage_stride == 1
+    assert model.roi_heads.pooling.size == 7 and cfg.noc.stage_stride == 1
 
 
 @pytest.mark.parametrize("path", LITE0, ids=rel)
 def test_lite0_twins_build_for_real(path):
-    cfg = load_e2e_experiment(path)
-    model = build_e2e_model(cfg.model, 10, pretrained=False)
-    variant = cfg.model.backbone.variant
+    cfg = load_experiment(path)
+    model = build_e2e_model(cfg, 10, pretrained=False)
+    variant = cfg.backbone.variant
     assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[variant]
     assert model.backbone.out_channels == {"naive": 1280, "atrous": 1280, "c4": 112}[variant]
     # the conv NoC pools 14 x 14 from stage 6 and eff7a halves it (stage_stride 2, configs/e2e/README.md)
-    assert cfg.model.noc.stage_stride == 2
+    assert cfg.noc.stage_stride == 2
     assert model.roi_heads.pooling.size == (14 if variant == "c4" else 7)
 
 
-def beyond_variant_and_noc(cfg: E2EExperimentConfig) -> dict:
+def beyond_variant_and_noc(cfg: ExperimentConfig) -> dict:
     """A config without what Table 8's rows vary: its name, trunk variant and NoC string."""
     d = to_dict(cfg)
-    del d["name"], d["model"]["backbone"]["variant"], d["model"]["noc"]["spec"]
+    del d["name"], d["backbone"]["variant"], d["noc"]["spec"]
     return d
 
 
 def test_lite0_twins_differ_only_in_trunk_variant_and_noc():
     """The four Table 8 rows with the ImageNet EfficientNet-Lite0 trunk: one trunk and one schedule,
     the data, sizes, RPN, sampling and inference of the small-resnet twins."""
-    rows = {p.stem: load_e2e_experiment(p) for p in LITE0}
-    assert {k: (c.model.backbone.variant, c.model.noc.spec) for k, c in rows.items()} == {
+    rows = {p.stem: load_experiment(p) for p in LITE0}
+    assert {k: (c.backbone.variant, c.noc.spec) for k, c in rows.items()} == {
         "table8_naive_1fc": ("naive", "fcn+1"),
         "table8_atrous_1fc": ("atrous", "fcn+1"),
         "table8_atrous_3fc": ("atrous", "fc512, fc512, fcn+1"),
@@ -128,14 +127,14 @@ def test_lite0_twins_differ_only_in_trunk_variant_and_noc():
 
     first, *others = rows.values()
     assert all(beyond_variant_and_noc(c) == beyond_variant_and_noc(first) for c in others)
-    m = first.model
+    m = first
     assert (m.backbone.name, m.backbone.weights, m.noc.init) == ("efficientnet-lite0", "imagenet", "gaussian")
     assert m.backbone.options["frozen_bn"] is True
-    twin = to_dict(load_e2e_experiment(E2E / "scene_digits" / "base.yaml"))
+    twin = to_dict(load_experiment(E2E / "scene_digits" / "base.yaml"))
     lite = to_dict(first)
     assert lite["data"] == twin["data"]
     for section in ("transform", "rpn", "sampling", "test", "roi"):
-        assert lite["model"][section] == twin["model"][section], section
+        assert lite[section] == twin[section], section
     s = first.solver
     # the twins' lr and step fractions (6000/8000, 7300/8000) on a shorter schedule
     assert [step / s.iterations for step in s.lr_steps] == pytest.approx([0.75, 0.9125], abs=0.005)
@@ -148,10 +147,10 @@ def test_the_paper_folder_holds_the_rows_of_tables_8_and_9():
 
 @pytest.mark.parametrize("key", sorted({**TABLE8, **TABLE9}))
 def test_paper_row_matches_the_paper_and_spec(key):
-    cfg = load_e2e_experiment(E2E / "paper" / f"{key}.yaml")
-    m = cfg.model
+    cfg = load_experiment(E2E / "paper" / f"{key}.yaml")
+    m = cfg
     assert (m.backbone.name, m.backbone.variant, m.noc.spec) == {**TABLE8, **TABLE9}[key]
-    assert cfg.detector == "faster-rcnn" and cfg.name == "e2e-" + key.replace("_", "-")
+    assert cfg.setting == "e2e" and cfg.name == "e2e-" + key.replace("_", "-")
     # fc6/fc7 exist only for VGG-16; GoogLeNet's and ResNet's fc layers are random (paper Sec. 4)
     assert m.noc.init == ("finetune" if m.backbone.name == "vgg16" else "gaussian")
     assert m.backbone.weights.startswith("imagenet")
@@ -180,8 +179,8 @@ def test_paper_row_matches_the_paper_and_spec(key):
 def test_scene_digits_twins_differ_only_in_trunk_variant_and_noc():
     """Same trunk, data, RPN, sampling and budget; the rows of Table 8's ablation vary the place of
     RoI pooling and the NoC (f4096 -> f512; res5a,5b,5c -> all of small-resnet's res5)."""
-    rows = {p.stem: load_e2e_experiment(p) for p in TWINS}
-    assert {k: (c.model.backbone.variant, c.model.noc.spec) for k, c in rows.items()} == {
+    rows = {p.stem: load_experiment(p) for p in TWINS}
+    assert {k: (c.backbone.variant, c.noc.spec) for k, c in rows.items()} == {
         "table8_naive_1fc": ("naive", "fcn+1"),
         "table8_atrous_1fc": ("atrous", "fcn+1"),
         "table8_atrous_3fc": ("atrous", "fc512, fc512, fcn+1"),
@@ -190,19 +189,19 @@ def test_scene_digits_twins_differ_only_in_trunk_variant_and_noc():
 
     first, *others = rows.values()
     assert all(beyond_variant_and_noc(c) == beyond_variant_and_noc(first) for c in others)
-    m = first.model
+    m = first
     assert m.backbone.name == "small-resnet" and m.backbone.weights == "runs/pretrain/small-resnet.pt"
     assert first.data.root == "data/scene-digits" and first.solver.flip is False
     assert (m.sampling.bg_iou_lo, m.sampling.bg_iou_hi) == (0.0, 0.5)
 
 
 def test_frozen_feature_configs_are_not_end_to_end():
-    assert not is_e2e_config(CONFIGS / "scene_digits" / "base.yaml")
-    assert not is_e2e_config(CONFIGS / "paper" / "table6_noc.yaml")
+    assert load_experiment(CONFIGS / "scene_digits" / "base.yaml").setting == "frozen"
+    assert load_experiment(CONFIGS / "paper" / "table6_noc.yaml").setting == "frozen"
 
 
 def test_run_names_are_unique_and_the_readme_names_every_file():
-    names = [load_e2e_experiment(p).name for p in EXPERIMENTS]
+    names = [load_experiment(p).name for p in EXPERIMENTS]
     assert len(names) == len(set(names))
     readme = (E2E / "README.md").read_text(encoding="utf-8")
     missing = [rel(p) for p in sorted(E2E.rglob("*.yaml")) if rel(p) not in readme]
@@ -211,24 +210,24 @@ def test_run_names_are_unique_and_the_readme_names_every_file():
 
 def test_overrides_and_their_errors(tmp_path):
     base = E2E / "scene_digits" / "table8_conv_noc.yaml"
-    cfg = load_e2e_experiment(base, ["model.sampling.bg_iou_lo=0.1", "solver.iterations=10"])
-    assert cfg.model.sampling.bg_iou_lo == 0.1 and cfg.solver.iterations == 10
-    with pytest.raises(ConfigError, match="did you mean 'model.rpn.nms_iou'"):
-        load_e2e_experiment(base, ["model.rpn.nms_iuo=0.5"])
+    cfg = load_experiment(base, ["sampling.bg_iou_lo=0.1", "solver.iterations=10"])
+    assert cfg.sampling.bg_iou_lo == 0.1 and cfg.solver.iterations == 10
+    with pytest.raises(ConfigError, match="did you mean 'rpn.nms_iou'"):
+        load_experiment(base, ["rpn.nms_iuo=0.5"])
     cases = {
-        "detector=fast-rcnn": "the end-to-end setting is 'faster-rcnn'",
-        "model.noc.spec=c64-mo-c64-fn+1": "maxout",
-        "model.backbone.variant=naive": "use variant 'c4'",
-        "model.backbone.options.upto=res5": "set model.backbone.variant",
-        "model.noc.init=finetune": "has no fc6/fc7 layers",
-        "model.sampling.bg_iou_lo=0.6": "bg_iou_lo < bg_iou_hi",
-        "model.noc.stage_stride=3": "stage_stride must be 1 or 2",
+        "setting=both": "setting: 'both' is not one of",
+        "noc.spec=c64-mo-c64-fn+1": "maxout",
+        "backbone.variant=naive": "use variant 'c4'",
+        "backbone.options.upto=res5": "set backbone.variant",
+        "noc.init=finetune": "has no fc6/fc7 layers",
+        "sampling.bg_iou_lo=0.6": "background band",
+        "noc.stage_stride=3": "stage_stride must be 1 or 2",
         "solver.iterations=0": "iterations must be >= 1",
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
-            load_e2e_experiment(base, [override])
+            load_experiment(base, [override])
     partial = tmp_path / "x.yaml"
     partial.write_text(f"_base_: {base}\nname: x\n", encoding="utf-8")
-    assert is_e2e_config(partial)  # the detector key is inherited
-    assert "detector" in load_yaml(partial) and dataclasses.is_dataclass(load_e2e_experiment(partial))
+    assert load_yaml(partial)["setting"] == "e2e"  # the setting is inherited
+    assert load_experiment(partial).setting == "e2e"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nocdet.e2e.config import E2EBackboneConfig, load_e2e_experiment
+from nocdet.experiment import BackboneConfig, load_experiment
 from nocdet.e2e.model import LOSS_NAMES, build_e2e_model
 from nocdet.e2e.trunk import build_trunk, stage_factory
 from nocdet.errors import ConfigError
@@ -24,10 +24,10 @@ ROWS = ("naive_1fc", "atrous_1fc", "atrous_3fc", "conv_noc")
 STAGE = ["eff7a", "eff7b", "eff7c", "eff7d", "eff8a", "eff9a"]
 K = 10  # scene-digits classes
 # a tiny image and few proposals/RoIs: the configs' model, cheap enough for a unit test
-TINY = ["model.transform.min_size=[64]", "model.transform.max_size=96", "model.rpn.pre_nms_top_n_train=100",
-        "model.rpn.post_nms_top_n_train=16", "model.rpn.pre_nms_top_n_test=100",
-        "model.rpn.post_nms_top_n_test=8", "model.rpn.batch_size_per_image=32",
-        "model.sampling.rois_per_image=8"]
+TINY = ["transform.min_size=[64]", "transform.max_size=96", "rpn.pre_nms_top_n_train=100",
+        "rpn.post_nms_top_n_train=16", "rpn.pre_nms_top_n_test=100",
+        "rpn.post_nms_top_n_test=8", "rpn.batch_size_per_image=32",
+        "sampling.rois_per_image=8"]
 
 def scene() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """One 64 x 96 image with two bright rectangles on dark noise."""
@@ -41,12 +41,12 @@ def scene() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
 
 @pytest.mark.parametrize("row", ROWS)  # 0.9-2.9 s each on 1 core (the 3fc row builds a 62720 x 512 fc)
 def test_every_lite0_row_trains_and_detects_with_the_imagenet_weights(row):
-    cfg = load_e2e_experiment(LITE0 / f"table8_{row}.yaml", TINY)
-    assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("efficientnet-lite0", "imagenet")
+    cfg = load_experiment(LITE0 / f"table8_{row}.yaml", TINY)
+    assert (cfg.backbone.name, cfg.backbone.weights) == ("efficientnet-lite0", "imagenet")
     torch.manual_seed(0)
-    model = build_e2e_model(cfg.model, K)
+    model = build_e2e_model(cfg, K)
     assert model.backbone.weights_source == "imagenet"
-    variant = cfg.model.backbone.variant
+    variant = cfg.backbone.variant
     assert model.backbone.stride == {"naive": 32, "atrous": 16, "c4": 16}[variant]
     assert model.backbone.out_channels == (112 if variant == "c4" else 1280)
     assert model.roi_heads.pooling.size == (14 if variant == "c4" else 7)  # base.yaml: stage_stride 2
@@ -67,15 +67,15 @@ def test_every_lite0_row_trains_and_detects_with_the_imagenet_weights(row):
     model.eval()
     with torch.no_grad():
         (det,) = model([torch.rand(3, 60, 90)])
-    assert det["boxes"].shape == (len(det["scores"]), 4) and len(det["scores"]) <= cfg.model.test.max_detections
+    assert det["boxes"].shape == (len(det["scores"]), 4) and len(det["scores"]) <= cfg.test.max_detections
     assert ((det["labels"] >= 1) & (det["labels"] <= K)).all()
 
 
 def test_c4_trunk_and_its_stride_2_stage_are_the_naive_trunk():
     """Independent truth: eff7a..7d, 8a, 9a after stage 6 is the rest of the ImageNet network,
     so on the full map they give the naive (eff9) trunk's output, SAME padding included."""
-    c4 = build_trunk(E2EBackboneConfig(name="efficientnet-lite0", weights="imagenet", variant="c4")).eval()
-    naive = build_trunk(E2EBackboneConfig(name="efficientnet-lite0", weights="imagenet", variant="naive")).eval()
+    c4 = build_trunk(BackboneConfig(name="efficientnet-lite0", weights="imagenet", variant="c4")).eval()
+    naive = build_trunk(BackboneConfig(name="efficientnet-lite0", weights="imagenet", variant="naive")).eval()
     stage, out_channels = stage_factory(c4, 2)(STAGE, c4.out_channels)
     assert out_channels == 1280 and c4.stride == 16 and naive.stride == 32
     images = torch.rand(2, 3, 64, 96)
@@ -87,13 +87,13 @@ def test_c4_trunk_and_its_stride_2_stage_are_the_naive_trunk():
 
 
 def test_stride_1_stage_keeps_the_roi_resolution():
-    c4 = build_trunk(E2EBackboneConfig(name="efficientnet-lite0", variant="c4"), pretrained=False).eval()
+    c4 = build_trunk(BackboneConfig(name="efficientnet-lite0", variant="c4"), pretrained=False).eval()
     stage, out_channels = stage_factory(c4, 1)(STAGE, c4.out_channels)
     assert all(m.stride == (1, 1) for m in stage.modules() if isinstance(m, torch.nn.Conv2d))
     with torch.no_grad():
         assert stage(torch.rand(3, 112, 7, 7)).shape == (3, out_channels, 7, 7)
-    cfg = load_e2e_experiment(LITE0 / "table8_conv_noc.yaml", TINY + ["model.noc.stage_stride=1"])
-    model = build_e2e_model(cfg.model, K, pretrained=False).eval()
+    cfg = load_experiment(LITE0 / "table8_conv_noc.yaml", TINY + ["noc.stage_stride=1"])
+    model = build_e2e_model(cfg, K, pretrained=False).eval()
     assert model.roi_heads.pooling.size == 7
     noc_stage = model.roi_heads.noc.layers[0].module[0]
     with torch.no_grad():
@@ -101,14 +101,14 @@ def test_stride_1_stage_keeps_the_roi_resolution():
 
 
 def test_stride_2_stage_halves_the_pooled_regions():
-    c4 = build_trunk(E2EBackboneConfig(name="efficientnet-lite0", variant="c4"), pretrained=False).eval()
+    c4 = build_trunk(BackboneConfig(name="efficientnet-lite0", variant="c4"), pretrained=False).eval()
     stage, _ = stage_factory(c4, 2)(STAGE, c4.out_channels)
     with torch.no_grad():
         assert stage(torch.rand(3, 112, 14, 14)).shape == (3, 1280, 7, 7)
 
 
 def test_variants_map_to_the_backbone_options():
-    built = {v: build_trunk(E2EBackboneConfig(name="efficientnet-lite0", variant=v), pretrained=False)
+    built = {v: build_trunk(BackboneConfig(name="efficientnet-lite0", variant=v), pretrained=False)
              for v in ("c4", "naive", "atrous")}
     assert {v: (b.stride, b.out_channels) for v, b in built.items()} == {
         "c4": (16, 112), "naive": (32, 1280), "atrous": (16, 1280)}
@@ -118,17 +118,17 @@ def test_variants_map_to_the_backbone_options():
 
 def test_finetune_init_says_efficientnet_lite_has_no_fc6_fc7():
     for row in ROWS:
-        with pytest.raises(ConfigError, match=r"model.noc.init is 'finetune', but EfficientNet-Lite ends in "
+        with pytest.raises(ConfigError, match=r"noc.init is 'finetune', but EfficientNet-Lite ends in "
                                               r"global average pooling.*use 'gaussian'"):
-            load_e2e_experiment(LITE0 / f"table8_{row}.yaml", ["model.noc.init=finetune"])
+            load_experiment(LITE0 / f"table8_{row}.yaml", ["noc.init=finetune"])
 
 
 def test_googlenet_keeps_refusing_stage_stride_1():
     with pytest.raises(ConfigError, match="GoogLeNet's inc5a keeps maxpool4"):
-        load_e2e_experiment(LITE0 / "table8_conv_noc.yaml",
-                            ["model.backbone.name=googlenet", "model.backbone.weights=null",
-                             "model.backbone.options={}", "model.noc.spec=inc4e,5a,5b, fcn+1",
-                             "model.noc.stage_stride=1"])
-    googlenet = build_trunk(E2EBackboneConfig(name="googlenet", variant="c4"), pretrained=False)
+        load_experiment(LITE0 / "table8_conv_noc.yaml",
+                            ["backbone.name=googlenet", "backbone.weights=null",
+                             "backbone.options={}", "noc.spec=inc4e,5a,5b, fcn+1",
+                             "noc.stage_stride=1"])
+    googlenet = build_trunk(BackboneConfig(name="googlenet", variant="c4"), pretrained=False)
     with pytest.raises(ConfigError, match="not 'googlenet'"):
         stage_factory(googlenet, 1)(["inc4e", "inc5a", "inc5b"], 528)

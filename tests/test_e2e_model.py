@@ -8,20 +8,21 @@ import math
 import pytest
 import torch
 
-from nocdet.config import from_dict, merge
-from nocdet.e2e.config import E2EBackboneConfig, E2EModelConfig
+from nocdet.config import merge
 from nocdet.e2e.model import LOSS_NAMES, build_e2e_model
 from nocdet.e2e.roi_heads import Inference, NoCRoIHeads, RoIPooling, RoISampling
 from nocdet.e2e.trunk import build_trunk
 from nocdet.errors import ConfigError, DataError
+from nocdet.experiment import BackboneConfig, ExperimentConfig, config_from_dict
 from nocdet.features.registry import build_backbone
 from nocdet.noc.head import NoCHead
 
 K = 3  # object classes
 
 
-def tiny_config(variant: str = "c4", spec: str = "res5a,5b, fcn+1", **sections) -> E2EModelConfig:
+def tiny_config(variant: str = "c4", spec: str = "res5a,5b, fcn+1", **sections) -> ExperimentConfig:
     data = {
+        "setting": "e2e",
         "backbone": {"name": "small-resnet", "variant": variant, "options": {"width": 0.25, "frozen_bn": True}},
         "transform": {"min_size": [96], "max_size": 160},
         "rpn": {"anchor_sizes": [16, 32, 64], "pre_nms_top_n_train": 300, "post_nms_top_n_train": 60,
@@ -29,7 +30,7 @@ def tiny_config(variant: str = "c4", spec: str = "res5a,5b, fcn+1", **sections) 
         "noc": {"spec": spec},
         "sampling": {"rois_per_image": 32},
     }
-    return from_dict(E2EModelConfig, merge(data, sections))
+    return config_from_dict(merge(data, sections))
 
 
 def scene(seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -166,7 +167,7 @@ def test_naive_is_stride_32_and_atrous_keeps_stride_16(variant, stride, grid):
 
 def test_googlenet_atrous_has_the_stride_16_grid_of_inc4d():
     """inc5b at stride 16: 64 x 96 -> 4 x 6 (the naive inc5b gives 2 x 3, tests/test_backbones.py)."""
-    atrous = build_trunk(E2EBackboneConfig(name="googlenet", variant="atrous"), pretrained=False).eval()
+    atrous = build_trunk(BackboneConfig(name="googlenet", variant="atrous"), pretrained=False).eval()
     with torch.no_grad():
         assert atrous(torch.rand(1, 3, 64, 96)).shape == (1, 1024, 4, 6) and atrous.stride == 16
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nocdet.data.scene_digits import generate_scene_digits
-from nocdet.e2e.config import load_e2e_experiment
+from nocdet.experiment import load_experiment
 from nocdet.detector import load
 from nocdet.evaluation.voc import evaluate_voc_results_dir
 from nocdet.experiment import load_split
@@ -24,9 +24,9 @@ def data(tmp_path_factory):
 
 
 def overrides(data):
-    return [f"data.root={data}", "model.backbone.weights=null", "model.backbone.options={width: 0.5}",
-            "model.transform.min_size=[160]", "model.transform.max_size=256", "model.sampling.rois_per_image=32",
-            "model.rpn.post_nms_top_n_train=64", "model.rpn.post_nms_top_n_test=32",
+    return [f"data.root={data}", "backbone.weights=null", "backbone.options={width: 0.5}",
+            "transform.min_size=[160]", "transform.max_size=256", "sampling.rois_per_image=32",
+            "rpn.post_nms_top_n_train=64", "rpn.post_nms_top_n_test=32",
             "solver.iterations=4", "solver.lr_steps=[3]", "solver.warmup_iterations=1",
             "solver.checkpoint_every=2", "solver.log_every=1", "solver.val_every=2", "solver.val_images=2",
             "solver.workers=0"]
@@ -53,7 +53,7 @@ def test_train_command_runs_an_e2e_config_end_to_end(data, tmp_path):
 
     # the saved detector is rebuilt without the weights file and detects exactly as the run did
     detector = load(run / "model.pt")
-    cfg = load_e2e_experiment(CONFIG, overrides(data))
+    cfg = load_experiment(CONFIG, overrides(data))
     test_set = load_split(cfg.data, cfg.data.test, detector.classes)
     detections = detector.detect_dataset(test_set, progress=False)
     written = json.loads((run / "results/coco_results.json").read_text())
@@ -107,7 +107,7 @@ def test_sweep_runs_end_to_end_designs(data, tmp_path):
 
     designs = ["res5a,5b, fcn+1", "fc32, fcn+1"]
     args = Namespace(config=Path(CONFIG), noc=designs, overrides=overrides(data), output=tmp_path / "sweep",
-                     seed=None, device=None, no_progress=True)
+                     seed=None, device=None, no_progress=True, threads=1)
     assert sweep.run(args) == 0
     for spec in designs:
         config = (tmp_path / "sweep" / sweep.slug(spec) / "config.yaml").read_text()

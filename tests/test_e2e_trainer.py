@@ -24,10 +24,12 @@ from torchvision.ops import roi_align
 
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.e2e.data import DetectionImages, GroupedBatchSampler, aspect_groups
-from nocdet.e2e.solver import E2ESolverConfig, build_optimizer, learning_rate, parameter_groups
+from nocdet.e2e.solver import build_optimizer, learning_rate, parameter_groups
 from nocdet.e2e.trainer import evaluate_detector, train_detector
 from nocdet.errors import ConfigError, DataError, TrainingError
+from nocdet.experiment import config_from_dict
 from nocdet.training.checkpoint import StopSignals, load_checkpoint
+from nocdet.training.solver_config import SolverConfig
 
 TESTS = Path(__file__).parent
 # (width, height) of the generated images: unique sizes, wide and tall ones
@@ -138,10 +140,15 @@ def small_faster_rcnn(num_classes: int = 2) -> nn.Module:
                       rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
 
 
-def quick_solver(**overrides) -> E2ESolverConfig:
+def e2e_solver(**fields) -> SolverConfig:
+    """The checked solver section of an end-to-end config with these fields."""
+    return config_from_dict({"setting": "e2e", "solver": fields}).solver
+
+
+def quick_solver(**overrides) -> SolverConfig:
     settings = dict(iterations=4, images_per_batch=2, lr=0.01, warmup_iterations=2, warmup_factor=0.5,
                     lr_steps=[3], checkpoint_every=2, log_every=1, val_every=0, val_images=0, workers=0)
-    return E2ESolverConfig(**{**settings, **overrides}).validate()
+    return e2e_solver(**{**settings, **overrides})
 
 
 def read_log(run: Path) -> list[dict]:
@@ -164,11 +171,11 @@ def data(tmp_path_factory) -> DetectionDataset:
 # ---------------------------------------------------------------------------------- solver
 
 def test_learning_rate_warmup_then_steps():
-    cfg = E2ESolverConfig(iterations=10, lr=0.1, warmup_iterations=4, warmup_factor=0.5, lr_steps=[6, 8],
-                          lr_gamma=0.1).validate()
+    cfg = e2e_solver(iterations=10, lr=0.1, warmup_iterations=4, warmup_factor=0.5, lr_steps=[6, 8],
+                     lr_gamma=0.1)
     expected = [0.05, 0.0625, 0.075, 0.0875, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     assert [learning_rate(cfg, i) for i in range(10)] == pytest.approx(expected, rel=1e-12)
-    no_warmup = E2ESolverConfig(iterations=10, lr=0.02, warmup_iterations=0, lr_steps=[5], lr_gamma=0.5)
+    no_warmup = e2e_solver(iterations=10, lr=0.02, warmup_iterations=0, lr_steps=[5], lr_gamma=0.5)
     assert [learning_rate(no_warmup, i) for i in (0, 4, 5, 9)] == pytest.approx([0.02, 0.02, 0.01, 0.01])
 
 
@@ -178,7 +185,7 @@ def test_learning_rate_warmup_then_steps():
                                  dict(log_every=0), dict(val_every=-1), dict(workers=-1)])
 def test_solver_validate_rejects_nonsense(bad):
     with pytest.raises(ConfigError):
-        E2ESolverConfig(**bad).validate()
+        e2e_solver(**bad)
 
 
 def test_parameter_groups_no_decay_on_bias_and_norm():
@@ -188,12 +195,12 @@ def test_parameter_groups_no_decay_on_bias_and_norm():
     model.append(shared)
     model.append(shared)  # a shared module's parameters are optimised once
     model[0].weight.requires_grad_(False)
-    decay, no_decay = parameter_groups(model, E2ESolverConfig(weight_decay=1e-4, weight_decay_norm=0.0))
+    decay, no_decay = parameter_groups(model, e2e_solver(weight_decay=1e-4, weight_decay_norm=0.0))
     ids = lambda ps: {id(p) for p in ps}
     assert ids(decay["params"]) == ids([model[3].weight, shared.weight])
     assert ids(no_decay["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias, shared.bias])
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (1e-4, 0.0)
-    assert build_optimizer(model, E2ESolverConfig(lr=0.5, warmup_iterations=0)).param_groups[0]["lr"] == 0.5
+    assert build_optimizer(model, e2e_solver(lr=0.5, warmup_iterations=0)).param_groups[0]["lr"] == 0.5
 
 
 # ---------------------------------------------------------------------------------- data

@@ -69,7 +69,7 @@ def test_check_categories_accepts_the_same_categories_in_another_order(tmp_path)
 
 @pytest.mark.parametrize("config, spec_key, spec", [
     ("configs/demo.yaml", "noc.spec", "c64-mo-c64-f512-f512-f11"),
-    ("configs/e2e/scene_digits/table8_atrous_1fc.yaml", "model.noc.spec", "fc11"),
+    ("configs/e2e/scene_digits/table8_atrous_1fc.yaml", "noc.spec", "fc11"),
 ])
 def test_train_refuses_a_classifier_of_another_size_before_any_work(tmp_path, capsys, config, spec_key, spec):
     code = main(train_args(tmp_path, CATEGORIES, "--set", f"{spec_key}={spec}", config=config))

@@ -14,7 +14,6 @@ import torch
 import nocdet.training.frozen_pipeline as frozen_pipeline
 import nocdet.training.post_hoc as post_hoc
 from nocdet.config import load_config
-from nocdet.e2e.config import load_e2e_experiment
 from nocdet.errors import ConfigError, SpecError
 from nocdet.experiment import ExperimentConfig, load_experiment
 from nocdet.features.map_store import MapFeatures
@@ -228,7 +227,7 @@ def test_post_hoc_stages_read_flipped_copies_only_when_asked(caches, monkeypatch
     seen = {}
 
     def capture(name):
-        def train(records, num_classes, config, progress):
+        def train(records, num_classes, config, progress, *names):
             seen[name] = [r.image_id for r in records()]
         return train
 
@@ -253,7 +252,7 @@ def test_paper_rows_train_as_sppnet(path):
 
 
 def test_e2e_vgg16_3fc_drops_out_as_faster_rcnn():
-    assert load_e2e_experiment(CONFIGS / "e2e" / "paper" / "table8_vgg16_3fc.yaml").model.noc.dropout == 0.5
+    assert load_experiment(CONFIGS / "e2e" / "paper" / "table8_vgg16_3fc.yaml").noc.dropout == 0.5
     from nocdet.e2e.model import build_e2e_model
     from test_e2e_model import tiny_config
 

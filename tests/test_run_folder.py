@@ -1,8 +1,10 @@
 """The run folder of ``nocdet train``: a new run never mixes its files with another run's."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from nocdet.errors import ConfigError
 from nocdet.run_folder import prepare_run_folder
@@ -42,7 +44,7 @@ def test_what_cannot_take_a_run_is_refused(tmp_path):
     (tmp_path / "photos" / "a.jpg").write_text("x")
     with pytest.raises(ConfigError, match="not empty and holds no nocdet run"):
         prepare_run_folder(tmp_path / "photos", overwrite=True)
-    with pytest.raises(ConfigError, match="cannot write the run folder /proc/nocdet-run"):
+    with pytest.raises(ConfigError, match="--output /proc/nocdet-run: cannot write there"):
         prepare_run_folder("/proc/nocdet-run")
     with pytest.raises(ConfigError, match="give one"):
         prepare_run_folder(tmp_path / "x", resume=True, overwrite=True)
@@ -69,7 +71,83 @@ def test_resume_refuses_another_config_naming_the_keys(tmp_path):
     check_resume_config(run, load_experiment("configs/demo.yaml", ["solver.iterations=1000", "device=cuda"]))
     with pytest.raises(ConfigError, match=r"another config \(solver.iterations: 1000 in the run, 2000 now"):
         check_resume_config(run, load_experiment("configs/demo.yaml"))  # the YAML's 2000: not the run's
-    from nocdet.e2e.config import load_e2e_experiment
+    with pytest.raises(ConfigError, match="is a frozen-feature run but the config trains an end-to-end run"):
+        check_resume_config(run, load_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml"))
 
-    with pytest.raises(ConfigError, match="another config.*detector: '<absent>' in the run"):
-        check_resume_config(run, load_e2e_experiment("configs/e2e/scene_digits/table8_conv_noc.yaml"))
+
+def test_resume_accepts_a_run_made_before_the_one_schema(tmp_path):
+    """A run folder's config.yaml written by the old schema (an end-to-end one in the old layout,
+    a frozen one without the fields added since) still resumes with the same config."""
+    import json
+
+    from nocdet.experiment import load_experiment
+    from nocdet.run_folder import check_resume_config
+
+    before = json.loads(Path("tests/fixtures/config_values_before_one_schema.json").read_text())
+    for path in ("configs/e2e/scene_digits/table8_conv_noc.yaml", "configs/demo.yaml"):
+        run = tmp_path / Path(path).stem
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump(before[path]))
+        check_resume_config(run, load_experiment(path))
+        with pytest.raises(ConfigError, match="seed: 0 in the run, 1 now"):
+            check_resume_config(run, load_experiment(path, ["seed=1"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from tiny_model import make_data
+
+    root = tmp_path_factory.mktemp("resume")
+    make_data(root, num_train=4, num_test=2)
+    return root
+
+
+def a_run(folder: Path, cfg) -> Path:
+    """A run folder as training leaves it: config.yaml and a checkpoint."""
+    from nocdet.config import dump_yaml
+
+    (folder / "train").mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_yaml(cfg))
+    (folder / "train" / "checkpoint.pt").write_bytes(b"weights")
+    return folder
+
+
+def listing(folder: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+
+E2E = "configs/e2e/scene_digits/table8_conv_noc.yaml"
+
+
+@pytest.mark.parametrize("case", ["frozen config on an e2e run", "e2e config on a frozen run", "changed noc.spec",
+                                  "no config.yaml"])
+def test_resume_with_a_checkpoint_that_does_not_fit_changes_nothing(tiny_data, tmp_path, case):
+    """``train --resume`` refuses, before writing anything, a config whose model the run folder's
+    checkpoint does not fit, naming what differs (before: a load_state_dict traceback, and the
+    folder's config.yaml already overwritten)."""
+    from nocdet.experiment import load_experiment
+    from tiny_model import tiny_overrides
+
+    frozen = tiny_overrides(tiny_data)
+    e2e = [f"data.root={tiny_data / 'data'}", "data.val=null"]
+    config, sets, made_with = {
+        "frozen config on an e2e run": ("configs/demo.yaml", frozen, load_experiment(E2E, e2e)),
+        "e2e config on a frozen run": (E2E, e2e, load_experiment("configs/demo.yaml", frozen)),
+        "changed noc.spec": ("configs/demo.yaml", [*frozen, "noc.spec=c16-f32-fn+1"],
+                             load_experiment("configs/demo.yaml", frozen)),
+        "no config.yaml": ("configs/demo.yaml", frozen, load_experiment("configs/demo.yaml", frozen)),
+    }[case]
+    run = a_run(tmp_path / "run", made_with)
+    if case == "no config.yaml":
+        (run / "config.yaml").unlink()
+    before = listing(run)
+    done = subprocess.run([sys.executable, "-m", "nocdet", "train", config, *[x for s in sets for x in ("--set", s)],
+                           "--output", str(run), "--resume", "--no-progress"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert str(run) in done.stderr
+    assert {"frozen config on an e2e run": "is an end-to-end run but the config trains a frozen-feature run",
+            "e2e config on a frozen run": "is a frozen-feature run but the config trains an end-to-end run",
+            "changed noc.spec": "noc.spec: 'c16-mo-c16-f32-f32-fn+1' in the run, 'c16-f32-fn+1' now",
+            "no config.yaml": "has no config.yaml"}[case] in done.stderr
+    assert listing(run) == before

@@ -5,7 +5,9 @@ them) inherits another file, whose mappings are merged key by key (lists and sca
 ``--set a.b=c`` overrides on the command line are parsed as YAML values. The merged mapping is
 converted into the dataclass schema: unknown or misspelt keys are errors that suggest the closest
 valid key, values are checked against the field types and against the bounds a field declares
-with :func:`bounded` (the same checks for every setting's config).
+with :func:`bounded` (the same checks for every setting's config). A field that only one setting
+reads is declared with :func:`only_in`; :func:`foreign_keys` and :func:`clear_foreign` keep it out
+of the other setting.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 
 
 _BOUNDS = "bounds"
+_SETTING = "setting"
 _OPERATORS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
               "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
 
@@ -110,6 +113,68 @@ def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
     ``lr: float = bounded(0.01, gt=0)``; :func:`check_bounds` and :func:`from_dict` enforce them."""
     limits = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_BOUNDS: limits})
+
+
+def only_in(setting: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            **limits: float) -> Any:
+    """A field (or a whole section) that only the ``setting`` experiments read, e.g.
+    ``variant: str = only_in("e2e", "c4")``; its default is that setting's default, and it is None
+    in every other setting. ``limits`` are :func:`bounded`'s."""
+    field = bounded(default, default_factory=default_factory, **limits)
+    field.metadata = types.MappingProxyType({**field.metadata, _SETTING: setting})
+    return field
+
+
+def foreign_keys(cls: type, data: Mapping, setting: str, where: str = "") -> list[str]:
+    """The dotted keys of ``data`` (a raw mapping for dataclass ``cls``) that give a value to a
+    field declared :func:`only_in` another setting than ``setting``; unknown keys are ignored."""
+    found = []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None or value is None:
+            continue
+        owner = f.metadata.get(_SETTING)
+        if owner is not None and owner != setting:
+            found.append(f"{_join(where, key)} ({owner} only)")
+        elif isinstance(value, Mapping):
+            section = _dataclass_of(hints[key])
+            if section is not None:
+                found += foreign_keys(section, value, setting, _join(where, key))
+    return found
+
+
+def clear_foreign(obj: Any, setting: str) -> None:
+    """Set every field of dataclass ``obj`` (and of the dataclasses in it) declared
+    :func:`only_in` another setting than ``setting`` to None."""
+    for f in dataclasses.fields(obj):
+        owner = f.metadata.get(_SETTING)
+        value = getattr(obj, f.name)
+        if owner is not None and owner != setting:
+            setattr(obj, f.name, None)
+        elif dataclasses.is_dataclass(value):
+            clear_foreign(value, setting)
+
+
+def missing_own(obj: Any, setting: str, where: str = "") -> list[str]:
+    """The dotted keys of fields declared :func:`only_in` ``setting`` that are None although
+    their default is not (e.g. ``sampling.images_per_batch: null`` in a frozen config)."""
+    found = []
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), _join(where, f.name)
+        if f.metadata.get(_SETTING) == setting and value is None and (
+                f.default is not None or f.default_factory is not dataclasses.MISSING):
+            found.append(key)
+        elif dataclasses.is_dataclass(value):
+            found += missing_own(value, setting, key)
+    return found
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass in a field type (``X`` or ``X | None``), if any."""
+    candidates = [tp, *typing.get_args(tp)]
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
 def check_bounds(obj: Any, where: str = "") -> None:
@@ -143,7 +208,10 @@ def from_dict(cls: type[T], data: Mapping, where: str = "") -> T:
             hint = f"; did you mean {_join(where, close[0])!r}?" if close else ""
             valid = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {_join(where, key)!r}{hint} (valid keys: {valid})")
-        kwargs[key] = _convert(hints[key], value, _join(where, key))
+        if value is None and _SETTING in fields[key].metadata:  # another setting's field (its check is the root's)
+            kwargs[key] = None
+        else:
+            kwargs[key] = _convert(hints[key], value, _join(where, key))
     try:
         obj = cls(**kwargs)
     except TypeError as err:
@@ -153,14 +221,18 @@ def from_dict(cls: type[T], data: Mapping, where: str = "") -> T:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass config as plain YAML-able data."""
+def to_dict(obj: Any, setting: str | None = None) -> Any:
+    """A dataclass config as plain YAML-able data. The fields declared :func:`only_in` another
+    setting than ``setting`` (by default the config's own ``setting`` field; None: keep all) are
+    left out, so that a config lists what its setting reads."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        setting = getattr(obj, "setting", setting)
+        return {f.name: to_dict(getattr(obj, f.name), setting) for f in dataclasses.fields(obj)
+                if setting is None or f.metadata.get(_SETTING, setting) == setting}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, setting) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, setting) for k, v in obj.items()}
     return obj
 
 

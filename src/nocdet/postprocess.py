@@ -11,16 +11,19 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from nocdet.config import bounded, only_in
 from nocdet.data.sample import Detections
 
 
 @dataclass
 class PostprocessConfig:
-    nms_iou: float = 0.3
-    max_detections: int = 100
+    """Test-time settings of both settings (the base of the ``test`` section)."""
+
+    nms_iou: float = bounded(0.3, gt=0, le=1)
+    max_detections: int = bounded(100, ge=1)
     # what max_detections counts: the detections of an "image" over all classes (py-faster-rcnn), or
-    # those of each "class" in an image (SPPnet's and R-CNN's test code)
-    cap: Literal["image", "class"] = "image"
+    # those of each "class" in an image (SPPnet's and R-CNN's test code); end to end: per image
+    cap: Literal["image", "class"] = only_in("frozen", "image")
     score_threshold: float = 0.05  # softmax scores; SVM scores use e.g. -1.5 (SPPnet)
 
 

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train_split(args: argparse.Namespace) -> tuple[DetectionDataset, str, dict]:
     """The data set to cut crops from, and the backbone name and options to pre-train."""
     from nocdet.config import apply_overrides
-    from nocdet.experiment import DataConfig, ExperimentConfig, load_splits, split_name
+    from nocdet.experiment import DataConfig, load_splits, split_name
     from nocdet.runs import load_any_experiment
 
     backbone, options = args.backbone or "small-zf", {}
@@ -64,7 +64,7 @@ def _train_split(args: argparse.Namespace) -> tuple[DetectionDataset, str, dict]
         cfg = load_any_experiment(args.config)
         data = cfg.data
         splits = list(data.train)
-        if args.backbone is None and isinstance(cfg, ExperimentConfig):  # frozen setting: its small backbone
+        if args.backbone is None and cfg.setting == "frozen":  # frozen setting: its small backbone
             backbone, options = cfg.backbone.name, dict(cfg.backbone.options)
     elif args.coco is not None:
         data, splits = DataConfig(format="coco"), [args.coco]

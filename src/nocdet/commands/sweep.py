@@ -3,8 +3,10 @@
 Every design is trained and evaluated with the same config and seed, in either setting: with
 frozen features all designs share one RoI feature cache (it does not depend on the NoC), end to
 end each design trains its own detector. A design-space study in the spirit of the paper's
-Tables 1-3 (or 8) is one command. Writes ``sweep.md`` and ``sweep.csv`` (mAP per design with its
-parameters and training time, as the paper's tables) and ``sweep_ap.png`` (per-class AP).
+Tables 1-3 (or 8) is one command. The sweep folder is locked while the sweep runs, and a design
+whose folder already holds a run is refused before the first design trains. Writes ``sweep.md``
+and ``sweep.csv`` (mAP per design with its parameters and training time, as the paper's tables)
+and ``sweep_ap.png`` (per-class AP).
 """
 from __future__ import annotations
 
@@ -43,18 +45,29 @@ def run(args: argparse.Namespace) -> int:
 
     use_threads(args.threads)
     from nocdet.noc.spec import parse_noc
-    from nocdet.runs import load_any_experiment, noc_key, run_experiment
-    from nocdet.viz.plots import plot_ap_comparison
+    from nocdet.run_folder import check_run_folder, lock_run_folder
 
     overrides = [*args.overrides, *([f"seed={args.seed}"] if args.seed is not None else []),
                  *([f"device={args.device}"] if args.device else [])]
     for spec in args.noc:
         parse_noc(spec)  # every string is checked before the first long run
-    key = noc_key(load_any_experiment(args.config, overrides))
+    for spec in args.noc:  # and every design's folder: a sweep never mixes with an earlier one
+        check_run_folder(args.output / slug(spec), remedy="give the sweep another --output, or delete it")
+    with lock_run_folder(args.output):
+        return _sweep(args, overrides)
+
+
+def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train and evaluate every design into ``args.output/<slug>``, then write the tables."""
+    from nocdet.run_folder import prepare_run_folder
+    from nocdet.runs import load_any_experiment, run_experiment
+    from nocdet.viz.plots import plot_ap_comparison
+
+    load_any_experiment(args.config, overrides)  # a bad config stops the sweep before any run
     rows, per_class = [], {}
     for spec in args.noc:
-        cfg = load_any_experiment(args.config, [*overrides, f"{key}={spec}"])
-        run_dir = args.output / slug(spec)
+        cfg = load_any_experiment(args.config, [*overrides, f"noc.spec={spec}"])
+        run_dir = prepare_run_folder(args.output / slug(spec))
         print(f"== {spec} -> {run_dir}")
         metrics = run_experiment(cfg, run_dir, progress=not args.no_progress)
         if "interrupted" in metrics:

@@ -8,12 +8,11 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from nocdet.config import from_dict
 from nocdet.data.sample import DetectionDataset, Detections
-from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.data import DetectionImages, collate
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model
 from nocdet.errors import ConfigError
+from nocdet.experiment import ExperimentConfig, config_from_dict
 from nocdet.prediction import ImageLike, Prediction, as_rgb_array, predictions
 
 FORMAT = "nocdet-e2e-detector"
@@ -22,7 +21,7 @@ FORMAT = "nocdet-e2e-detector"
 class E2EDetector:
     """A NoC Faster R-CNN with its experiment config; ``load`` rebuilds one from ``model.pt``."""
 
-    def __init__(self, model: NoCFasterRCNN, config: E2EExperimentConfig, device: str = "cpu",
+    def __init__(self, model: NoCFasterRCNN, config: ExperimentConfig, device: str = "cpu",
                  category_ids: Sequence[int] | None = None):
         self.model = model.eval().to(device)
         self.config = config
@@ -32,10 +31,11 @@ class E2EDetector:
 
     @classmethod
     def from_state(cls, state: dict, device: str = "cpu") -> E2EDetector:
-        """The detector of a ``model.pt`` state (see ``run_e2e_experiment``)."""
-        cfg = from_dict(E2EExperimentConfig, state["config"])
+        """The detector of a ``model.pt`` state (see ``run_e2e_experiment``); a config saved in the
+        old end-to-end layout (``detector``, ``model``) is translated."""
+        cfg = config_from_dict(state["config"])
         classes = list(state["classes"])
-        model = build_e2e_model(cfg.model, len(classes), classes=classes, pretrained=False)
+        model = build_e2e_model(cfg, len(classes), classes=classes, pretrained=False)
         model.load_state_dict(state["model"])
         return cls(model, cfg, device, state.get("category_ids"))
 

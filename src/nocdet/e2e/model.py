@@ -25,10 +25,10 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import clip_boxes_to_image
 
-from nocdet.e2e.config import E2EModelConfig
 from nocdet.e2e.roi_heads import Inference, NoCRoIHeads, RoIPooling, RoISampling
 from nocdet.e2e.trunk import build_trunk, stage_factory
 from nocdet.errors import ConfigError, DataError
+from nocdet.experiment import ExperimentConfig
 from nocdet.features.backbones import Backbone
 from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
@@ -47,7 +47,7 @@ class NoCFasterRCNN(nn.Module):
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone: Backbone, rpn: RegionProposalNetwork,
                  roi_heads: NoCRoIHeads, num_classes: int, classes: Sequence[str] | None = None,
-                 config: E2EModelConfig | None = None):
+                 config: ExperimentConfig | None = None):
         super().__init__()
         self.transform = transform
         self.backbone = backbone
@@ -134,7 +134,7 @@ def _training_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def build_noc(cfg: E2EModelConfig, backbone: Backbone, num_classes: int, pretrained: bool = True) -> NoCHead:
+def build_noc(cfg: ExperimentConfig, backbone: Backbone, num_classes: int, pretrained: bool = True) -> NoCHead:
     """The NoC of ``cfg.noc`` on the backbone's pooled regions, with class-specific deltas.
 
     Gaussian init (docs/reference.md §4) of its own layers; stages keep the backbone's weights. Fine-tune
@@ -151,7 +151,7 @@ def build_noc(cfg: E2EModelConfig, backbone: Backbone, num_classes: int, pretrai
     if noc.init == "finetune" and pretrained:
         fc67 = backbone.fc67()
         if fc67 is None:
-            raise ConfigError(f"model.noc.init 'finetune' needs pre-trained fc6/fc7, but the weights "
+            raise ConfigError(f"noc.init 'finetune' needs pre-trained fc6/fc7, but the weights "
                               f"{backbone.weights_source!r} of {backbone.name!r} have none")
         return init_finetune(head, *fc67, cls_std=noc.cls_std, bbox_std=noc.bbox_std)
     return init_gaussian(head, fc_std=noc.fc_std, cls_std=noc.cls_std, bbox_std=noc.bbox_std)
@@ -169,7 +169,7 @@ def _freeze_unused(backbone: Backbone, noc: NoCHead) -> None:
             p.requires_grad_(False)
 
 
-def build_rpn(cfg: E2EModelConfig, in_channels: int) -> RegionProposalNetwork:
+def build_rpn(cfg: ExperimentConfig, in_channels: int) -> RegionProposalNetwork:
     r = cfg.rpn
     anchors = AnchorGenerator(sizes=(tuple(r.anchor_sizes),), aspect_ratios=(tuple(r.aspect_ratios),))
     head = RPNHead(in_channels, anchors.num_anchors_per_location()[0])
@@ -181,13 +181,15 @@ def build_rpn(cfg: E2EModelConfig, in_channels: int) -> RegionProposalNetwork:
         nms_thresh=r.nms_iou)
 
 
-def build_e2e_model(cfg: E2EModelConfig, num_classes: int, *, classes: Sequence[str] | None = None,
+def build_e2e_model(cfg: ExperimentConfig, num_classes: int, *, classes: Sequence[str] | None = None,
                     pretrained: bool = True) -> NoCFasterRCNN:
     """The detector of ``cfg`` for ``num_classes`` object classes (background excluded).
 
     ``pretrained`` False builds the same architecture without reading ``cfg.backbone.weights``
     (to load a checkpoint's state dict; also works under ``torch.device("meta")``).
     """
+    if cfg.setting != "e2e":
+        raise ConfigError(f"an end-to-end detector needs a config with setting: e2e, got {cfg.setting!r}")
     cfg.check()
     backbone = build_trunk(cfg.backbone, pretrained)
     noc = build_noc(cfg, backbone, num_classes, pretrained)

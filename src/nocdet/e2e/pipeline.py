@@ -16,17 +16,16 @@ from pathlib import Path
 import torch
 
 from nocdet.config import dump_yaml
-from nocdet.e2e.config import E2EExperimentConfig
 from nocdet.e2e.detector import FORMAT as E2E_FORMAT, E2EDetector
 from nocdet.e2e.model import build_e2e_model
 from nocdet.e2e.trainer import train_detector
-from nocdet.experiment import ExperimentData, load_experiment_data, split_name, split_record
+from nocdet.experiment import ExperimentConfig, ExperimentData, load_experiment_data, split_name, split_record
 from nocdet.io import atomic_write_json, atomic_write_text
 from nocdet.training.checkpoint import save_checkpoint
-from nocdet.training.frozen_pipeline import evaluate_all, write_diagnosis, write_results
+from nocdet.training.frozen_pipeline import best_record, evaluate_all, write_diagnosis, write_results
 
 
-def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume: bool = False,
+def run_e2e_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
                        progress: bool = True, data: ExperimentData | None = None) -> dict:
     """Train and evaluate one end-to-end experiment into ``run_dir``; returns its metrics.
     ``data``: the splits already read by :func:`load_experiment_data` (else read here)."""
@@ -36,9 +35,9 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     torch.manual_seed(cfg.seed)
-    data = data or load_experiment_data(cfg.data, cfg.model.noc.spec)
+    data = data or load_experiment_data(cfg.data, cfg.noc.spec)
     train_set, val_set, test_set = data.train, data.val, data.test
-    model = build_e2e_model(cfg.model, train_set.num_classes, classes=train_set.classes)
+    model = build_e2e_model(cfg, train_set.num_classes, classes=train_set.classes)
 
     t = time.perf_counter()
     result = train_detector(model, train_set, run_dir, cfg.solver, val=val_set, resume=resume, device=cfg.device,
@@ -62,11 +61,12 @@ def run_e2e_experiment(cfg: E2EExperimentConfig, run_dir: str | Path, *, resume:
         "category_ids": train_set.category_ids, "similarity_groups": train_set.similarity_groups, "model": model.state_dict()})
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_json(run_dir / "run.json", {
-        "name": cfg.name, "detector": cfg.detector, "noc": cfg.model.noc.spec,
-        "variant": cfg.model.backbone.variant, "iterations": result.iterations,
+        "name": cfg.name, "setting": cfg.setting, "noc": cfg.noc.spec,
+        "variant": cfg.backbone.variant, "iterations": result.iterations,
         "params": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_seconds, 2),
         "data": split_record(cfg.data, cfg.data.test),
         "final_train_loss": (result.losses or {}).get("loss"), "final_val_loss": (result.val_losses or {}).get("loss"),
         "final_train_losses": result.losses, "final_val_losses": result.val_losses,
+        "best_checkpoint": best_record(result.best),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return metrics

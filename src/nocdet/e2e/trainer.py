@@ -15,7 +15,10 @@ module is its step function (DDP included) and the state a checkpoint holds. Eve
   states (torch, CUDA, numpy, python) of every process and ``extra_state``. ``resume=True``
   continues exactly: the same batches, flips and random RoI samples as an uninterrupted run
   (same number of processes needed for the RNG streams to match);
-* ``final.pt``: ``{"model": state_dict, "iteration", "extra_state"}`` when training completes.
+* ``final.pt``: ``{"model": state_dict, "iteration", "extra_state"}`` when training completes;
+* ``log.csv``, ``tb/`` (with the ``tensorboard`` package) and ``best.pt`` (as ``final.pt``, at
+  the highest validation mAP, or the lowest validation loss without a metric):
+  :mod:`nocdet.training.tracking`.
 
 A non-finite loss stops training with a :class:`TrainingError` naming the iteration and the loss
 term; the last good checkpoint is kept.
@@ -67,10 +70,12 @@ from tqdm import tqdm
 
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.e2e.data import DetectionImages, GroupedBatchSampler, aspect_groups, collate
-from nocdet.e2e.solver import E2ESolverConfig, build_optimizer, learning_rate
+from nocdet.e2e.solver import build_optimizer, learning_rate
 from nocdet.errors import ConfigError
 from nocdet.training import engine
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nocdet.training.solver_config import SolverConfig
+from nocdet.training.tracking import Best, tracking_hooks
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 
@@ -87,6 +92,7 @@ class TrainResult:
     seconds: float
     interrupted: str | None = None
     final: Path | None = None
+    best: Best | None = None
 
 
 @dataclass
@@ -230,7 +236,7 @@ def evaluate_detector(model: nn.Module, dataset: DetectionDataset, metric: str =
     return {f"{metric}_mAP": evaluate_voc(dataset, detections, metric).mAP}
 
 
-def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Path, solver: E2ESolverConfig, *,
+def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Path, solver: SolverConfig, *,
                    val: DetectionDataset | None = None,
                    evaluate: Callable[[nn.Module, DetectionDataset], dict[str, Any]] | None = evaluate_detector,
                    resume: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True,
@@ -242,14 +248,15 @@ def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Pat
     iterations and at the end, on at most ``solver.val_images`` images (``evaluate=None``: loss
     only). ``stop_signals``: an active :class:`StopSignals` of the caller (default: one of our own).
     """
-    solver.validate()
+    if solver.images_per_batch is None:
+        raise ConfigError("train_detector needs the solver section of an end-to-end config (setting: e2e)")
     world, dev = _init_world(device)
     with contextlib.nullcontext(stop_signals) if stop_signals is not None else StopSignals() as stop:
         return _train(model, train, Path(run_dir), solver, val, evaluate, resume, dev, seed, progress,
                       extra_state or {}, stop, world)
 
 
-def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2ESolverConfig,
+def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: SolverConfig,
            val: DetectionDataset | None, evaluate: Callable | None, resume: bool, dev: torch.device, seed: int,
            progress: bool, extra_state: dict[str, Any], stop: StopSignals, world: _World) -> TrainResult:
     if solver.amp != "none" and dev.type != "cuda":
@@ -351,6 +358,8 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
         model.train()
         return {**validated["losses"], **validated["metrics"]}
 
+    tracking, best = tracking_hooks(out, out / "log.jsonl", lambda: {
+        "model": model.state_dict(), "extra_state": extra_state}) if world.main else ([], None)
     model.train()
     state = engine.train(step, iterations=solver.iterations, optimizer=optimizer,
                          lr=functools.partial(learning_rate, solver),
@@ -359,7 +368,7 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
                          validate=None if val is None else functools.partial(validate, val),
                          val_every=solver.val_every, progress="train detector" if progress and world.main else None,
                          signals=stop, stop_requested=lambda: stopping,
-                         advice="try a lower learning rate or gradient clipping")
+                         advice="try a lower learning rate or gradient clipping", hooks=tracking)
     final = None
     if state.stop is None:
         if world.main:
@@ -369,4 +378,4 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: E2E
         if world.size > 1:
             dist.barrier()
     return TrainResult(state.iteration, state.mean_losses, validated.get("losses"), validated.get("metrics"),
-                       state.seconds, state.stop, final)
+                       state.seconds, state.stop, final, best.best if best else None)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from nocdet.e2e.config import E2EBackboneConfig
 from nocdet.errors import ConfigError
+from nocdet.experiment import BackboneConfig
 from nocdet.features.backbones import Backbone, GoogLeNetBackbone, ResNetLike
 from nocdet.features.efficientnet import EfficientNetLiteBackbone
 from nocdet.features.registry import build_backbone, variant_options
@@ -26,7 +26,7 @@ from nocdet.features.registry import build_backbone, variant_options
 StageFactory = Callable[[list[str], int], tuple[nn.Module, int]]
 
 
-def build_trunk(cfg: E2EBackboneConfig, pretrained: bool = True) -> Backbone:
+def build_trunk(cfg: BackboneConfig, pretrained: bool = True) -> Backbone:
     """The backbone of ``cfg`` in its variant; ``pretrained=False`` skips ``cfg.weights`` (a model
     restored from a checkpoint gets its weights from the checkpoint)."""
     options = {**cfg.options, **variant_options(cfg.name, cfg.variant)}

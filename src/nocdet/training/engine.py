@@ -19,6 +19,8 @@ this order:
                        trainer's ``validate()``, logged as ``val_<name>``
 :class:`LogWriter`     ``log.jsonl`` (:class:`~nocdet.training.run_log.RunLog`, cut back to the
                        resume point): the iteration's record, when it has one
+(the trainer's hooks)  e.g. :mod:`nocdet.training.tracking`'s CSV and TensorBoard logs and best
+                       checkpoint
 :class:`StopOnSignal`  SIGINT/SIGTERM (:class:`StopSignals`) ends the run after this iteration
 :class:`Checkpoints`   the trainer's ``save(iteration)`` every ``every`` iterations, at the last
                        one and when stopping early; its ``restore()`` gives the resume point
@@ -266,23 +268,24 @@ def train(step: Step, *, iterations: int, optimizer: torch.optim.Optimizer, lr: 
           validate: Callable[[], Mapping[str, Any]] | None = None, val_every: int = 0,
           progress: str | None = None, signals: StopSignals | None = None,
           stop_requested: Callable[[], str | None] | None = None,
-          advice: str = "try a lower learning rate") -> TrainState:
+          advice: str = "try a lower learning rate", hooks: Sequence[Hook] = ()) -> TrainState:
     """Run ``step`` with the standard hooks (module doc); ``resume``: start where
     ``checkpoints.restore()`` says.
 
     ``log``: the ``log.jsonl`` to write (None: none, e.g. on DDP ranks other than 0);
     ``progress``: the bar's description (None: no bar); ``signals``: an active
     :class:`StopSignals` of the caller (default: one of the run's own); ``stop_requested``: the
-    stop test (default: a signal has arrived), e.g. one agreed by all DDP processes.
+    stop test (default: a signal has arrived), e.g. one agreed by all DDP processes; ``hooks``:
+    the trainer's own, run after the log is written and before the stop test and checkpoint.
     """
     with contextlib.nullcontext(signals) if signals is not None else StopSignals() as active:
         start = checkpoints.restore() if resume else 0
-        hooks: list[Hook] = [LrSchedule(optimizer, lr), FiniteLoss(checkpoints.path, advice), LossWindow(log_every)]
+        loop: list[Hook] = [LrSchedule(optimizer, lr), FiniteLoss(checkpoints.path, advice), LossWindow(log_every)]
         if validate is not None:
-            hooks.append(Validation(validate, val_every))
+            loop.append(Validation(validate, val_every))
         if log is not None:
-            hooks.append(LogWriter(log))
-        hooks += [StopOnSignal(stop_requested or (lambda: active.requested)), checkpoints]
+            loop.append(LogWriter(log))
+        loop += [*hooks, StopOnSignal(stop_requested or (lambda: active.requested)), checkpoints]
         if progress is not None:
-            hooks.append(ProgressBar(progress))
-        return run(step, hooks, iterations, start)
+            loop.append(ProgressBar(progress))
+        return run(step, loop, iterations, start)

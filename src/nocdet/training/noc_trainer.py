@@ -3,8 +3,9 @@
 Mini-batches come from :class:`~nocdet.training.roi_sampler.RoISampler`; the loss is the
 (n+1)-way softmax cross-entropy. SGD with momentum, weight decay and a step schedule; a held-out
 validation loss every ``val_every`` iterations. The loop is :mod:`nocdet.training.engine`'s (log,
-checkpoints every ``checkpoint_every`` iterations and on SIGINT/SIGTERM, NaN guard, progress);
-this module is its step function and the state a checkpoint holds (model, optimizer, sampler and
+checkpoints every ``checkpoint_every`` iterations and on SIGINT/SIGTERM, NaN guard, progress)
+with :mod:`nocdet.training.tracking`'s ``log.csv``, TensorBoard events and ``best.pt`` (the head at
+the lowest validation loss); this module is its step function and the state a checkpoint holds (model, optimizer, sampler and
 RNG state), so a resumed run continues exactly.
 """
 from __future__ import annotations
@@ -17,26 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nocdet.config import bounded
 from nocdet.features.roi_cache import RoIFeatureCache
 from nocdet.training import engine
 from nocdet.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nocdet.training.roi_sampler import Pathways, RoIBatch, RoISampler, SamplingConfig
 from nocdet.training.schedules import step_lr
-
-
-@dataclass
-class SolverConfig:
-    iterations: int = bounded(4000, ge=0)  # 0: no SGD (SVMs on the RoI features, Table 1)
-    lr: float = bounded(0.01, gt=0)
-    lr_steps: list[int] = bounded(default_factory=lambda: [3000], gt=0)
-    lr_gamma: float = bounded(0.1, gt=0, le=1)
-    momentum: float = bounded(0.9, ge=0, lt=1)
-    weight_decay: float = bounded(5e-4, ge=0)
-    checkpoint_every: int = bounded(1000, ge=1)
-    val_every: int = bounded(500, ge=1)
-    val_batches: int = bounded(20, ge=1)
-    log_every: int = bounded(50, ge=1)
+from nocdet.training.solver_config import SolverConfig
+from nocdet.training.tracking import Best, tracking_hooks
 
 
 @dataclass
@@ -46,6 +34,8 @@ class TrainResult:
     val_loss: float | None
     seconds: float
     interrupted: str | None = None
+    best: Best | None = None
+    """What ``best.pt`` holds (None: no validation was run)."""
 
 
 def learning_rate(config: SolverConfig, iteration: int) -> float:
@@ -77,7 +67,7 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
               sampling: SamplingConfig, solver: SolverConfig, pathways: Pathways, seed: int,
               val_cache: RoIFeatureCache | None = None, resume: bool = False,
               progress: bool = True) -> TrainResult:
-    """Train ``head`` in place; checkpoints and ``log.jsonl`` go to ``out_dir``."""
+    """Train ``head`` in place; checkpoints and logs go to ``out_dir`` (module doc)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -111,12 +101,14 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
     def validate(cache: RoIFeatureCache) -> dict[str, float]:
         return {"loss": validation_loss(head, cache, sampling, pathways, solver.val_batches)}
 
+    tracking, best = tracking_hooks(out_dir, out_dir / "log.jsonl", lambda: {"model": head.state_dict()})
     head.train()
     state = engine.train(step, iterations=solver.iterations, optimizer=optimizer,
                          lr=functools.partial(learning_rate, solver),
                          checkpoints=engine.Checkpoints(ckpt_path, save, restore, solver.checkpoint_every),
                          resume=resume, log=out_dir / "log.jsonl", log_every=solver.log_every,
                          validate=None if val_cache is None else functools.partial(validate, val_cache),
-                         val_every=solver.val_every, progress="train NoC" if progress else None)
+                         val_every=solver.val_every, progress="train NoC" if progress else None,
+                         hooks=tracking)
     return TrainResult(state.iteration, state.mean_losses.get("loss", float("nan")),
-                       (state.validation or {}).get("loss"), state.seconds, state.stop)
+                       (state.validation or {}).get("loss"), state.seconds, state.stop, best.best)

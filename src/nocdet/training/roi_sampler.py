@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nocdet.config import bounded
+from nocdet.config import bounded, only_in
 from nocdet.errors import ConfigError
 from nocdet.features.map_store import MapFeatures
 from nocdet.features.pyramid import random_adjacent_pair, random_scale
@@ -32,12 +32,16 @@ from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
 
 @dataclass
 class SamplingConfig:
-    images_per_batch: int = bounded(2, ge=1)
+    """The ``sampling`` section of an experiment, both settings (the end-to-end defaults differ:
+    ``nocdet.experiment.E2E_DEFAULTS``)."""
+
+    images_per_batch: int = only_in("frozen", 2, ge=1)  # end to end: solver.images_per_batch
     rois_per_image: int = bounded(64, ge=1)
     fg_fraction: float = bounded(0.25, gt=0, le=1)
     fg_iou: float = bounded(0.5, gt=0, le=1)
     bg_iou_lo: float = bounded(0.1, ge=0, le=1)
     bg_iou_hi: float = bounded(0.5, gt=0, le=1)
+
 
 
 @dataclass
