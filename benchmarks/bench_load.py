@@ -14,7 +14,13 @@ Three stages, each in its own process so that each reports its own peak memory
 * ``detect``: ``nocdet detect`` with a tiny random-weight model (quarter-width small-zf, one
   scale of 160 px, Selective Search on hsv at 160 px, at most 100 boxes) over N mixed images (JPEG, PNG,
   grayscale, RGBA, 16-bit, palette, BMP, WebP) of which 2% (at least 3) are unreadable (empty,
-  truncated, not an image); it must finish, report exactly those files and exit 1.
+  truncated, not an image); it must finish, report exactly those files and exit 1;
+* ``bigjpeg`` / ``strip``: ``nocdet detect`` (the same model) on one 20000 x 20000 JPEG (over PIL's
+  decompression-bomb limit by its stored size; libjpeg decodes it at 1/8) and on one 20000 x 200
+  PNG of noise (its pyramid is shrunk to 4 x the largest scale); each must finish with its memory
+  growing by less than ``LARGE_BOUND_MB`` over the baseline (after detecting on one small image
+  in the same process; the full JPEG would be 1.1 GB as RGB).
+  Before the bound, the strip took 7 min and 4.3 GB with a demo model.
 
 Usage::
 
@@ -42,7 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("voc", "coco", "cache", "detect")
+STAGES = ("voc", "coco", "cache", "detect", "bigjpeg", "strip")
+LARGE = {"bigjpeg": ("huge.jpg", 20000, 20000), "strip": ("strip.png", 20000, 200)}
+LARGE_BOUND_MB = 300
 NUM_CLASSES = 20
 BROKEN_EVERY = 50  # 2% of the detect images are unreadable (at least 3 in a small run)
 
@@ -227,11 +235,52 @@ def stage_detect(args: argparse.Namespace) -> dict:
                     f"(expected {len(expected)}): '{next((x for x in last if x.startswith('could not')), '')}'"}
 
 
+def stage_large(kind: str, args: argparse.Namespace) -> dict:
+    """``nocdet detect`` on one large image: time and memory growth (see the module doc)."""
+    import nocdet.cli as cli
+    from PIL import Image
+
+    work = Path(args.work)
+    name, width, height = LARGE[kind]
+    out = work / f"{kind}-out"
+    small = next((work / "scene-digits" / "JPEGImages").iterdir())
+    with contextlib.redirect_stdout(io.StringIO()):  # the baseline: detect's imports and one small image
+        cli.main(["detect", "--checkpoint", str(work / "model.pt"), str(small), "--out", str(work / "warm-up"),
+                  "--no-progress"])
+    baseline = current_rss_mb()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["detect", "--checkpoint", str(work / "model.pt"), str(work / name), "--out", str(out),
+                         "--no-progress", "--keep-size"])
+    seconds = time.perf_counter() - t0
+    drawn = Image.open(next(out.glob("*.png"))).size if code == 0 else ("-", "-")
+    return {"stage": kind, "seconds": seconds, "baseline_mb": baseline, "ok": code == 0,
+            "what": f"{width} x {height} {name.split('.')[1].upper()}, exit {code}, decoded at {drawn[0]} x {drawn[1]}"}
+
+
+def write_large_images(work: Path) -> None:
+    """The images of the ``bigjpeg`` and ``strip`` stages (the JPEG written in grayscale: 0.4 GB here)."""
+    from PIL import Image, ImageDraw
+
+    name, width, height = LARGE["bigjpeg"]
+    big = Image.new("L", (width, height), 160)
+    draw = ImageDraw.Draw(big)
+    for k in range(40):
+        x, y = (k * 7919) % (width - 2000), (k * 104729) % (height - 2000)
+        draw.rectangle([x, y, x + 500 + 37 * k, y + 400 + 29 * k], fill=(k * 53) % 256)
+    big.save(work / name, quality=80)
+    del big, draw
+    name, width, height = LARGE["strip"]
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(work / name)
+
+
 # ------------------------------------------------------------------------------ driver
 
 def run_stage(args: argparse.Namespace) -> None:
     result = stage_eval(args.stage, args) if args.stage in ("voc", "coco") else \
-        stage_cache(args) if args.stage == "cache" else stage_detect(args)
+        stage_cache(args) if args.stage == "cache" else stage_large(args.stage, args) if args.stage in LARGE else \
+        stage_detect(args)
     result["peak_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -240,14 +289,17 @@ def prepare(args: argparse.Namespace, stages: list[str]) -> None:
     from nocdet.data.scene_digits import generate_scene_digits
 
     work = Path(args.work)
-    if {"cache", "detect"} & set(stages):
+    if {"cache", "detect", *LARGE} & set(stages):
         t0 = time.perf_counter()
         generate_scene_digits(work / "scene-digits", num_train=args.images, num_test=1, seed=0, progress=False)
         print(f"prepared {args.images} scene-digits images in {time.perf_counter() - t0:.1f} s", flush=True)
     if "detect" in stages:
         broken = mixed_images(work / "scene-digits" / "JPEGImages", work / "mixed", args.images)
         (work / "broken.json").write_text(json.dumps(broken))
+    if {"detect", *LARGE} & set(stages):
         tiny_model(work / "model.pt")
+    if set(LARGE) & set(stages):
+        write_large_images(work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"({growth / r['cache_mb']:.2f} x; streamed: the growth must not scale with the number of images)")
         if r["stage"] == "detect":
             print(f"detect: {'PASS' if r['ok'] else 'FAIL'}: finished and reported exactly the unreadable files")
+    large = [r for r in results if r["stage"] in LARGE]
+    if large:
+        growth = {r["stage"]: r["peak_mb"] - r["baseline_mb"] for r in large}
+        passed = len(large) == len([s for s in stages if s in LARGE]) and all(
+            r["ok"] and growth[r["stage"]] < LARGE_BOUND_MB for r in large)
+        ok &= passed
+        print(f"large images: {'PASS' if passed else 'FAIL'}: detect's memory grew by "
+              + ", ".join(f"{growth[r['stage']]:.0f} MB in {r['seconds']:.1f} s ({r['what'].split(',')[0]})"
+                          for r in large) + f" (bound {LARGE_BOUND_MB} MB each)")
     return 0 if ok else 1
 
 

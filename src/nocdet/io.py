@@ -9,6 +9,10 @@ A process killed by ``kill -9`` mid-write cannot remove its temporary file. Temp
 carry their writer (a hash of the host name and the process id), and the first write of a
 process into a folder removes the temporary files there whose writer is a process of this host
 that no longer runs: stale files never pile up, and a live writer's file is never touched.
+
+Where a command writes is checked before it does any work (:func:`output_folder`,
+:func:`output_file`): a file where a folder is wanted, or a location that cannot be written
+(read-only, no permission), is a :class:`~nocdet.errors.ConfigError` naming the option and path.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from nocdet.errors import NocdetError
+from nocdet.errors import ConfigError, NocdetError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -61,6 +65,51 @@ def remove_orphans(folder: str | Path) -> None:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     _remove(entry.path)
+
+
+def output_folder(path: str | Path, option: str = "--out") -> Path:
+    """Create the folder ``path`` that a command writes into and check it can be written; returns
+    it. Refused (ConfigError naming ``option`` and the path): a file at ``path`` or above it, and a
+    location where nothing can be written (tested by writing, which also catches read-only file
+    systems and root-owned folders that permission bits alone would not)."""
+    path = Path(path)
+    _refuse_files_in_the_way(path, path, option)
+    _probe(path, path, option)
+    return path
+
+
+def output_file(path: str | Path, option: str = "--out") -> Path:
+    """Check that the file ``path`` can be written (creating its folder); returns it. Refused as
+    :func:`output_folder` refuses, and a folder at ``path`` itself. An existing file there is
+    kept until the command replaces it (atomically, :func:`atomic_open`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    _refuse_files_in_the_way(path.parent, path, option)
+    _probe(path.parent, path, option)
+    return path
+
+
+def _refuse_files_in_the_way(folder: Path, given: Path, option: str) -> None:
+    """ConfigError when ``folder`` or a folder above it is a file (``given``: the path as given)."""
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            return
+        if parent.exists():
+            if parent == given:
+                raise ConfigError(f"{option} {given} is a file; give a folder")
+            raise ConfigError(f"{option} {given}: {parent} is a file, not a folder")
+
+
+def _probe(folder: Path, given: Path, option: str) -> None:
+    """Make ``folder`` and write (and remove) an empty file in it; ConfigError naming ``given`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{owner_tag()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{option} {given}: cannot write there ({err.strerror or err})") from err
 
 
 def remove_entries(folder: str | Path, names: Iterable[str]) -> None:

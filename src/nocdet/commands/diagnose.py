@@ -4,7 +4,8 @@ sets of detection results on the same test set.
 VOC: ``--voc-root ROOT --split test --results DIR [--results DIR2 ...]`` (devkit result files
 ``comp4_det_<split>_<class>.txt``, as ``nocdet evaluate`` reads them). COCO: ``--coco-gt
 instances.json --coco-results results.json [...]``. ``--name`` labels each result set (default:
-the folder or file name). Similarity groups: ``--similarity groups.json``, else the data set's
+the run folder the results lie in, else the folder or file name). Similarity groups:
+``--similarity groups.json``, else the data set's
 own (``similarity_groups.json`` in the VOC root; for COCO beside the instances file or one
 folder up, as scene-digits ships it), else VOC's for the VOC classes. COCO crowd regions play
 the part of VOC's difficult objects.
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nocdet.errors import ConfigError, DataError
-from nocdet.io import atomic_write_json
+from nocdet.io import atomic_write_json, output_folder
 
 NAME = "diagnose"
 HELP = ("error diagnosis of top-ranked detections (Cor/Loc/Sim/Oth/BG, Hoiem et al.; paper Fig. 3): "
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coco.add_argument("--coco-results", action="append", metavar="JSON", default=[],
                       help="COCO results JSON; repeat to compare experiments")
     parser.add_argument("--name", action="append", metavar="NAME", default=[],
-                        help="label of each result set, in order (default: folder or file name)")
+                        help="label of each result set, in order (default: the run folder holding it, else the folder or file name)")
     parser.add_argument("--similarity", metavar="JSON",
                         help="similarity groups: a JSON list of lists of class names")
     parser.add_argument("--top-factor", type=float, default=1.0, metavar="F",
@@ -52,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "its number of non-difficult objects, as the paper's Fig. 3)")
     parser.add_argument("--out", default="diagnosis", metavar="OUTDIR",
                         help="folder for diagnosis.json and the pictures (default: ./diagnosis)")
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The training run folder (one holding ``run.json``) that ``path`` lies in: the path itself,
+    or its parent or grandparent (``RUN/results``, ``RUN/results/coco_results.json``)."""
+    resolved = path.resolve()
+    for folder in (resolved, *list(resolved.parents)[:2]):
+        if (folder / "run.json").is_file():
+            return folder
+    return None
 
 
 def _experiment_names(paths: list[str], names: list[str]) -> list[str]:
@@ -67,7 +78,8 @@ def _experiment_names(paths: list[str], names: list[str]) -> list[str]:
     result: list[str] = []
     for p in paths:
         path = Path(p)
-        base = (path.name if path.is_dir() else path.stem) or str(path)
+        run = run_folder_of(path)
+        base = run.name if run is not None else (path.name if path.is_dir() else path.stem) or str(path)
         name, k = base, 2
         while name in result:
             name, k = f"{base}-{k}", k + 1
@@ -153,10 +165,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--voc-root is for --results; COCO ground truth comes from --coco-gt")
     paths = args.results if voc else args.coco_results
     names = _experiment_names(paths, args.name)
+    out = output_folder(args.out)
     dataset, experiments, shipped_groups = _load_voc(args) if voc else _load_coco(args)
     groups = resolve_similarity_groups(dataset, args.similarity or shipped_groups)
 
-    out = Path(args.out)
     diagnoses, report, files = {}, {}, set()
     for name, path, detections in zip(names, paths, experiments):
         diagnosis = diagnose(dataset, detections, groups, args.top_factor)

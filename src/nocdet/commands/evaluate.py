@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nocdet.errors import ConfigError
-from nocdet.io import atomic_write_json
+from nocdet.io import atomic_write_json, output_file, output_folder
 from nocdet.threads import add_threads_argument
 
 if TYPE_CHECKING:
@@ -152,6 +152,8 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     from nocdet.evaluation.voc import evaluate_voc
     from nocdet.training.frozen_pipeline import write_results
 
+    if args.out:
+        output_folder(args.out)
     detector = load(args.checkpoint, args.device)
     dataset, split = _checkpoint_data(args, detector.classes)
     detections = detector.detect_dataset(dataset, progress=not args.no_progress)
@@ -178,6 +180,8 @@ def _run_results(args: argparse.Namespace) -> dict:
         raise ConfigError("--results needs --metric voc07, voc or coco (all is for --checkpoint)")
     if args.images is not None:
         raise ConfigError("--images is for --checkpoint; with --results COCO needs --gt only")
+    if args.out:
+        output_file(args.out)
     metrics = _run_coco(args) if args.metric == "coco" else _run_voc(args)
     if args.out:
         atomic_write_json(args.out, metrics)

@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.io import output_file
     from nocdet.viz.report import write_report
 
     if args.name is not None and len(args.name) != len(args.runs):
         raise ConfigError(f"--name given {len(args.name)} times for {len(args.runs)} run directories; "
                           "give one per run or none")
+    output_file(args.out)
     # Readers report repairs and missing result files as warnings: show them as one line each.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -60,19 +61,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from nocdet.devices import require_device
-    from nocdet.run_folder import check_resume_config, prepare_run_folder
+    from nocdet.run_folder import check_resume_config, check_run_folder, lock_run_folder, prepare_run_folder
     from nocdet.runs import load_any_experiment, load_data, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
     cfg = load_any_experiment(args.config, resolve_overrides(args))
     out = args.output or Path("runs") / cfg.name
     require_device(cfg.device)  # before the folder is made: a refused run leaves nothing behind
-    data = load_data(cfg)  # classes and classifier size checked before any work, and before the folder
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the folder
-        prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (checks, locks) the folder
+    if main:  # what can refuse the run reads only: the folder stays as it was
+        check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
         if args.resume:
             check_resume_config(out, cfg)
-    metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress, data=data)
+    data = load_data(cfg)  # classes and classifier size checked before any work, and before the folder
+    with lock_run_folder(out) if main else contextlib.nullcontext():
+        if main:
+            prepare_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+        metrics = run_experiment(cfg, out, resume=args.resume, progress=not args.no_progress, data=data)
+    return _report(args, out, metrics)
+
+
+def _report(args: argparse.Namespace, out: Path, metrics: dict) -> int:
+    """Print the outcome of a run; the exit status (130: stopped by a signal, checkpoint saved)."""
     if "interrupted" in metrics:
         given = "".join(f" --set {o}" for o in args.overrides)
         print(f"stopped by {metrics['interrupted']} at iteration {metrics['iteration']}; "
@@ -81,5 +91,28 @@ def _train(args: argparse.Namespace) -> int:
     if not metrics:  # a torchrun rank other than 0: rank 0 tests and reports
         return 0
     print_metrics(metrics)
-    print(f"run folder: {out}  (metrics.json, results/, model.pt)")
+    print_timing(metrics.get("timing_seconds") or {})
+    write_plots(out)
+    print(f"run folder: {out}  (metrics.json, results/, model.pt, train/, plots/)")
+    print(f"HTML report: nocdet report {out} --out {out / 'report.html'}")
     return 0
+
+
+def print_timing(timing: dict) -> None:
+    from nocdet.training.frozen_pipeline import timing_lines
+
+    if timing:
+        print("time by stage:\n" + "\n".join(timing_lines(timing)))
+
+
+def write_plots(out: Path) -> None:
+    """The report's pictures as PNG files in ``out/plots``; a failure is a warning, not a failed run."""
+    from nocdet.errors import NocdetError
+    from nocdet.viz.report import write_run_plots
+
+    try:
+        written = write_run_plots(out)
+    except (NocdetError, OSError, ValueError) as err:
+        warnings.warn(f"no plots written to {out / 'plots'}: {err}", stacklevel=2)
+        return
+    print(f"plots: {out / 'plots'} ({', '.join(p.name for p in written)})")

@@ -13,6 +13,11 @@ in the *displayed* (EXIF-rotated) frame. :func:`image_size` reports that frame t
 Broken files fail with :class:`~nocdet.errors.DataError` naming the file: missing, empty,
 not an image, or truncated. A truncated file is always an error, never an image padded with
 grey: decoding is forced while PIL's ``LOAD_TRUNCATED_IMAGES`` is held False.
+
+Size: nocdet decodes at most :data:`MAX_PIXELS` pixels of one image, counted as decoded (a JPEG
+that :func:`load_image_bounded` decodes reduced counts at its reduced size), and refuses larger
+ones with a DataError naming the file and both numbers. This replaces PIL's decompression-bomb
+check, which counts the stored size and would refuse a 20000 x 20000 JPEG that decodes at 1/8.
 """
 from __future__ import annotations
 
@@ -38,11 +43,15 @@ _TRANSPOSE = {  # EXIF orientation -> the transposition that displays the image 
     8: Image.Transpose.ROTATE_90,
 }
 _STRICT_LOCK = threading.Lock()
+_BOMB_LOCK = threading.Lock()
+#: the most pixels decoded of one image: 16384 x 16384, about 0.8 GB as RGB (see the module doc)
+MAX_PIXELS = 2 ** 28
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Decode the whole image at ``path`` to an ``H x W x 3`` uint8 RGB array (displayed frame)."""
     with _open(path) as img:
+        _check_pixels(img.size, path)
         _load(img, path)
         orientation = _orientation(img, path)
         rgb = _to_rgb(img, path)
@@ -68,25 +77,24 @@ def load_image_bounded(path: str | Path, max_side: int) -> tuple[np.ndarray, flo
     The scale is ``max_side / max(W, H)`` (1.0 when the image is small enough) and applies to
     both axes; output sides are rounded to whole pixels. JPEGs are decoded at reduced size by
     libjpeg's DCT scaling (PIL ``draft``, down to 1/8), so a 10000 x 10000 JPEG never occupies
-    its full size in memory; other formats are decoded fully and then reduced.
+    its full size in memory; other formats are decoded fully (up to :data:`MAX_PIXELS`) and
+    then reduced.
     """
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    with warnings.catch_warnings():
-        # a huge image is the point of this function: PIL's decompression-bomb warning is noise
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with _open(path) as img:
-            stored_w, stored_h = img.size
-            scale = min(1.0, max_side / max(stored_w, stored_h))
-            target = (max(1, round(stored_w * scale)), max(1, round(stored_h * scale)))
-            region = (0.0, 0.0, float(stored_w), float(stored_h))
-            if scale < 1.0:
-                drafted = img.draft(None, target)
-                if drafted is not None:
-                    region = tuple(float(v) for v in drafted[1])
-            _load(img, path)
-            orientation = _orientation(img, path)
-            rgb = _to_rgb(img, path)
+    with _open(path) as img:
+        stored_w, stored_h = img.size
+        scale = min(1.0, max_side / max(stored_w, stored_h))
+        target = (max(1, round(stored_w * scale)), max(1, round(stored_h * scale)))
+        region = (0.0, 0.0, float(stored_w), float(stored_h))
+        if scale < 1.0:
+            drafted = img.draft(None, target)
+            if drafted is not None:
+                region = tuple(float(v) for v in drafted[1])
+        _check_pixels(img.size, path)  # as decoded: the drafted size
+        _load(img, path)
+        orientation = _orientation(img, path)
+        rgb = _to_rgb(img, path)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.BILINEAR, box=region, reducing_gap=2.0)
     return _as_array(_upright(rgb, orientation)), scale
@@ -99,20 +107,31 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
     try:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes), not an image", path=path)
-        img = Image.open(path)
+        with _BOMB_LOCK:  # PIL's check off while the header is read; _check_pixels applies nocdet's
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
     except FileNotFoundError as err:
         raise DataError("image file does not exist", path=path) from err
     except IsADirectoryError as err:
         raise DataError("is a folder, not an image file", path=path) from err
     except UnidentifiedImageError as err:
         raise DataError("not an image file (format not recognised)", path=path) from err
-    except Image.DecompressionBombError as err:
-        raise DataError(f"image too large for PIL's decompression-bomb limit ({err}); load it with "
-                        "load_image_bounded or raise PIL.Image.MAX_IMAGE_PIXELS", path=path) from err
     except OSError as err:
         raise DataError(f"cannot open image: {err.strerror or err}", path=path) from err
     with img:
         yield img
+
+
+def _check_pixels(size: tuple[int, int], path: str | Path) -> None:
+    """DataError when an image decoded at ``size`` would exceed :data:`MAX_PIXELS`."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise DataError(f"image of {width} x {height} = {width * height:,} pixels (as decoded) is over nocdet's "
+                        f"limit of {MAX_PIXELS:,} (nocdet.data.images.MAX_PIXELS, a guard against "
+                        "decompression bombs): reduce the image, or raise the limit if it is genuine", path=path)
 
 
 def _load(img: Image.Image, path: str | Path) -> None:
@@ -136,6 +155,8 @@ def _load(img: Image.Image, path: str | Path) -> None:
 def _decode(img: Image.Image, path: str | Path) -> None:
     try:
         img.load()
+    except Image.DecompressionBombError as err:  # an animated GIF's frame over PIL's limit
+        raise DataError(f"image too large to decode ({err})", path=path) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise DataError(f"cannot decode image (truncated or corrupt file?): {err}", path=path) from err
 
