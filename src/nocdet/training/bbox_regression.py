@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,11 +209,16 @@ def _fit_class(features: Tensor, targets: Tensor, config: BoxRegressionConfig
     return beta[:-1], beta[-1], mean, unwhiten
 
 
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    return f"class {class_names[label - 1]!r}" if class_names else f"class {label}"
+
+
 def train_box_regressor(records: Records, num_classes: int, config: BoxRegressionConfig | None = None,
-                        progress: bool = True) -> BoxRegressor:
+                        progress: bool = True, class_names: Sequence[str] | None = None) -> BoxRegressor:
     """Fit K class-specific ridge box regressors in one pass over ``records`` (module docstring).
 
-    A class without any example gets the identity regressor (zero deltas) and a warning.
+    A class without any example gets the identity regressor (zero deltas) and a warning naming
+    it (``class_names``: label k's name is ``class_names[k - 1]``; else "class k").
     """
     config = config or BoxRegressionConfig()
     if num_classes < 1:
@@ -243,10 +249,10 @@ def train_box_regressor(records: Records, num_classes: int, config: BoxRegressio
     for k in tqdm(range(num_classes), desc="box regression solves", unit="class", disable=not progress):
         select = all_classes == k + 1
         if not bool(select.any()):
-            warnings.warn(f"box regression: class {k + 1} has no region with IoU > {config.min_iou}; "
+            warnings.warn(f"box regression: {_class_name(k + 1, class_names)} has no region with IoU > {config.min_iou}; "
                           "its regressor leaves boxes unchanged", stacklevel=2)
             continue
         weight[k], bias[k], mean[k], unwhiten[k] = _fit_class(all_features[select] * scale,
                                                               all_targets[select], config)
-        logger.debug("box regression class %d: %d examples", k + 1, int(select.sum()))
+        logger.debug("box regression %s: %d examples", _class_name(k + 1, class_names), int(select.sum()))
     return BoxRegressor(weight, bias, mean, unwhiten, scale)

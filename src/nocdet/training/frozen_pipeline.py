@@ -32,6 +32,7 @@ from nocdet.training.noc_trainer import train_noc
 from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.post_hoc import fit_box_regressor, fit_svms
 from nocdet.training.svm import LinearSVMs
+from nocdet.training.tracking import Best
 from nocdet.training.roi_sampler import Pathways, gather_inputs, pathways_for
 
 
@@ -53,15 +54,21 @@ def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, 
 
 
 def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset, split: str, training: bool,
-            progress: bool) -> RoIFeatureCache:
-    """Proposals and the RoI feature cache of one split (train: with GT regions and flips)."""
+            progress: bool, timing: dict[str, float] | None = None) -> RoIFeatureCache:
+    """Proposals and the RoI feature cache of one split (train: with GT regions and flips);
+    their seconds are added to ``timing["proposals"]`` and ``timing["features"]``."""
+    timing = {} if timing is None else timing
+    t = time.perf_counter()
     proposals = proposals_for(cfg, dataset, split, progress)
+    timing["proposals"] = timing.get("proposals", 0.0) + time.perf_counter() - t
+    t = time.perf_counter()
     settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
                                   pool_mode=cfg.pyramid.pool, include_gt=training,
                                   flip=training and cfg.pyramid.flip, target_area=cfg.pyramid.target_area,
                                   store=cfg.pyramid.cache)
     folder = build_cache(Path(cfg.cache_dir) / "roi_features", dataset, proposals, backbone,
                          f"{cfg.backbone.name}:{cfg.backbone.weights}", settings, progress=progress)
+    timing["features"] = timing.get("features", 0.0) + time.perf_counter() - t
     return open_cache(folder)
 
 
@@ -70,7 +77,6 @@ def pathways(head: NoCHead, train_scale: str, training: bool) -> Pathways:
     return pathways_for(head.spec.has_maxout, train_scale, training)
 
 
-@torch.inference_mode()
 @torch.inference_mode()
 def detect_on_cache(cfg: ExperimentConfig, head: NoCHead, cache: RoIFeatureCache, dataset: DetectionDataset,
                     svms: LinearSVMs | None, regressor: BoxRegressor | None, progress: bool,
@@ -132,6 +138,28 @@ def write_results(run_dir: Path, dataset: DetectionDataset, split: str, detectio
     write_coco_results(results / "coco_results.json", detections, category_ids, coco_image_ids(dataset))
 
 
+def best_record(best: Best | None) -> dict | None:
+    """``run.json``'s note of what ``train/best.pt`` holds (None: no validation, no file)."""
+    return None if best is None else {"path": "train/best.pt", **asdict(best)}
+
+
+STAGES = {"proposals": "proposals", "features": "RoI features", "train_noc": "NoC training",
+          "train_svms": "SVMs", "train_bbox": "box regression", "train": "training", "test": "test"}
+"""Display names of ``metrics.json``'s ``timing_seconds`` keys, in the order the stages run."""
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{seconds:.1f} s" if seconds < 60 else f"{minutes // 60}:{minutes % 60:02d}:{rest:02d}"
+
+
+def timing_lines(timing: dict[str, float]) -> list[str]:
+    """One line per stage of ``timing_seconds`` (``  NoC training    0:12:05``) and the total."""
+    known = [k for k in STAGES if k in timing] + [k for k in timing if k not in STAGES]
+    lines = [f"  {STAGES.get(k, k):<16s}{_duration(timing[k]):>10s}" for k in known]
+    return lines + [f"  {'total':<16s}{_duration(sum(timing.values())):>10s}"]
+
+
 def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
                           progress: bool = True, data: ExperimentData | None = None) -> dict:
     """Train and evaluate one frozen-feature NoC; everything goes into ``run_dir``. Returns metrics.
@@ -142,14 +170,12 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
     torch.manual_seed(cfg.seed)
     timing: dict[str, float] = {}
 
-    t = time.perf_counter()
     data = data or load_experiment_data(cfg.data, cfg.noc.spec)
     train_set, val_set, test_set = data.train, data.val, data.test
     backbone = build_frozen_backbone(cfg)
-    train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress)
-    val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress) if val_set else None
-    test_cache = extract(cfg, backbone, test_set, cfg.data.test, False, progress)
-    timing["features_and_proposals"] = time.perf_counter() - t
+    train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress, timing)
+    val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress, timing) if val_set else None
+    test_cache = extract(cfg, backbone, test_set, cfg.data.test, False, progress, timing)
 
     t = time.perf_counter()
     head = build_head(cfg, backbone, train_set.num_classes)
@@ -168,7 +194,8 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
         timing["train_svms"] = time.perf_counter() - t
     if cfg.bbox.enabled:
         t = time.perf_counter()
-        regressor = fit_box_regressor(train_cache, train_set.num_classes, cfg.bbox, progress)
+        regressor = fit_box_regressor(train_cache, train_set.num_classes, cfg.bbox, progress,
+                                      train_set.classes)
         timing["train_bbox"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -190,5 +217,6 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
         "name": cfg.name, "noc": cfg.noc.spec, "params": params, "train_seconds": round(timing["train_noc"], 2),
         "data": split_record(cfg.data, cfg.data.test),
         "final_train_loss": result.train_loss, "final_val_loss": result.val_loss,
+        "best_checkpoint": best_record(result.best),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return metrics

@@ -12,7 +12,7 @@ with flips holds each image twice; both stages read the flipped copies only when
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,6 @@ def fit_svms(head: NoCHead, cache: RoIFeatureCache, num_classes: int, mode: str,
 
 
 def fit_box_regressor(cache: RoIFeatureCache, num_classes: int, config: BoxRegressionConfig,
-                      progress: bool) -> BoxRegressor:
+                      progress: bool, class_names: Sequence[str] | None = None) -> BoxRegressor:
     return train_box_regressor(_records(cache, pooled_features, config.use_flipped), num_classes, config,
-                               progress)
+                               progress, class_names)

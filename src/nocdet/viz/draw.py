@@ -8,6 +8,9 @@ Labels stay readable on any image size: an image whose longer side is below ``mi
 enlarged by a whole factor (nearest neighbour, pixels stay sharp) before drawing, and the font
 size and line width grow with the picture. The returned picture is therefore ``scale`` times
 the input, with ``scale = picture.width / image.shape[1]``.
+
+Tags never leave the picture and do not cover each other where there is room
+(:func:`place_labels`); boxes are drawn first, tags over them.
 """
 from __future__ import annotations
 
@@ -82,12 +85,15 @@ def draw_detections(
 
     keep = np.flatnonzero(detections.scores >= threshold)
     keep = keep[np.argsort(detections.scores[keep], kind="stable")]
+    texts = [f"{classes[int(detections.labels[k]) - 1]} {detections.scores[k]:.2f}" for k in keep]
+    sizes = [_tag_size(draw, text, font) for text in texts]
+    # places are chosen from the highest score down, so the best detections get the best places
+    places = place_labels(detections.boxes[keep[::-1]] * scale, sizes[::-1], picture.size)[::-1]
     for k in keep:
-        box = detections.boxes[k] * scale
-        colour = colours[int(detections.labels[k]) - 1]
-        draw.rectangle(_pixel_box(box), outline=colour, width=line)
-        text = f"{classes[int(detections.labels[k]) - 1]} {detections.scores[k]:.2f}"
-        _label(draw, box, text, colour, font, picture.size)
+        draw.rectangle(_pixel_box(detections.boxes[k] * scale), outline=colours[int(detections.labels[k]) - 1],
+                       width=line)
+    for k, text, place in zip(keep, texts, places):
+        _label(draw, place, text, colours[int(detections.labels[k]) - 1], font)
     return picture
 
 
@@ -127,19 +133,42 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: np.ndarray, colour: tuple[
             draw.line(segment, fill=colour if k % 2 == 0 else _WHITE, width=width)
 
 
-def _label(draw: ImageDraw.ImageDraw, box: np.ndarray, text: str, colour: tuple[int, int, int],
-           font: ImageFont.FreeTypeFont, size: tuple[int, int]) -> None:
-    """A filled tag with ``text`` above the box's top-left corner (inside it at the image top),
-    kept within the picture."""
+def _tag_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(2, round((bottom - top) * 0.2))
-    tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x = min(max(0.0, float(box[0])), max(0.0, size[0] - tag_w))
-    y = float(box[1]) - tag_h
-    if y < 0:
-        y = max(0.0, float(box[1]))
-    y = min(y, max(0.0, size[1] - tag_h))
-    draw.rectangle([x, y, x + tag_w - 1, y + tag_h - 1], fill=colour)
+    return right - left + 2 * pad, bottom - top + 2 * pad
+
+
+def place_labels(boxes: np.ndarray, sizes: Sequence[tuple[int, int]], picture: tuple[int, int]
+                 ) -> list[tuple[float, float, float, float]]:
+    """Rectangles ``(x1, y1, x2, y2)`` for the tags of ``boxes`` (in priority order), each inside
+    the picture and overlapping no earlier tag where the picture has room: the first free one of
+    above the box's top-left corner, inside it, below the box, inside its bottom; failing those,
+    that spot moved down (then up) in steps of the tag's height."""
+    width, height = picture
+    placed: list[tuple[float, float, float, float]] = []
+
+    def free(r: tuple[float, float, float, float]) -> bool:
+        return all(r[2] <= o[0] or o[2] <= r[0] or r[3] <= o[1] or o[3] <= r[1] for o in placed)
+
+    for box, (w, h) in zip(boxes, sizes):
+        x = min(max(0.0, float(box[0])), max(0.0, width - w))
+        tops = [float(box[1]) - h, float(box[1]), float(box[3]), float(box[3]) - h]
+        candidates = [min(max(0.0, y), max(0.0, height - h)) for y in tops]
+        steps = range(1, max(1, int(height // max(h, 1))) + 1)
+        candidates += [min(max(0.0, candidates[0] + s * d * h), max(0.0, height - h)) for s in steps for d in (1, -1)]
+        rects = [(x, y, x + w, y + h) for y in candidates]
+        placed.append(next((r for r in rects if free(r)), rects[0]))
+    return placed
+
+
+def _label(draw: ImageDraw.ImageDraw, place: tuple[float, float, float, float], text: str,
+           colour: tuple[int, int, int], font: ImageFont.FreeTypeFont) -> None:
+    """A filled tag with ``text`` in the rectangle ``place`` (from :func:`place_labels`)."""
+    left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, round((bottom - top) * 0.2))
+    x, y, x2, y2 = place
+    draw.rectangle([x, y, x2 - 1, y2 - 1], fill=colour)
     luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
     ink = (0, 0, 0) if luminance > 150 else _WHITE
     draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)

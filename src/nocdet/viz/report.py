@@ -9,7 +9,8 @@ detections on the best and worst test images.
 
 Everything is embedded (pictures as base64 ``data:`` URIs, CSS inline), so the page is one file
 that opens offline. A few lines of inline script record, on window load, how many pictures
-decoded (``<body data-images-loaded="8/8">``); the test opens the page in headless Chromium and
+decoded (``<body data-images-loaded="8/8">``) and the page's width (``data-page-width``, which
+must not exceed the window's, ``data-view-width``: wide tables scroll in their box); the test opens the page in headless Chromium and
 checks it. Sections that need the test set's ground truth (curves, diagnosis, pictures) say so
 when the data set named in ``run.json`` cannot be read, instead of failing the whole report.
 """
@@ -29,7 +30,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torchvision.ops import box_iou
 
 from nocdet.data.images import load_image_bounded
@@ -38,10 +38,11 @@ from nocdet.data.coco import read_coco
 from nocdet.data.voc import VOCClassResults, read_voc, read_voc_results
 from nocdet.errors import DataError, NocdetError
 from nocdet.evaluation.diagnosis import ClassDetections, ClassDiagnosis, Diagnosis, diagnose
+from nocdet.evaluation.thresholds import ThresholdCurve, confusion_matrix, threshold_curve
 from nocdet.evaluation.voc import VOCEval, evaluate_class, ground_truth_by_class
 from nocdet.io import atomic_write_text
 from nocdet.viz import plots
-from nocdet.viz.draw import draw_detections
+from nocdet.viz.draw import class_colours, draw_detections
 
 SAMPLE_THRESHOLD = 0.5  # score cut for drawn boxes and for ranking images
 SAMPLE_IMAGES = 6  # best and worst pictures per run
@@ -184,6 +185,55 @@ def voc07_eval(run: Run) -> VOCEval:
     return VOCEval("voc07", evals)
 
 
+@dataclass
+class ThresholdAnalysis:
+    """Pooled precision/recall/F1 against the score threshold, and the confusion matrix at the
+    threshold of the best F1 (:data:`SAMPLE_THRESHOLD` when nothing was detected)."""
+
+    curve: ThresholdCurve
+    threshold: float
+    confusion: np.ndarray
+
+
+def threshold_analysis(run: Run) -> ThresholdAnalysis:
+    """:class:`ThresholdAnalysis` of a run whose test set was read."""
+    evaluation = voc07_eval(run)
+    curve = threshold_curve(evaluation.class_evals, {name: r.scores for name, r in run.results.items()})
+    threshold = float(curve.thresholds[curve.best]) if len(curve.thresholds) else SAMPLE_THRESHOLD
+    image_ids = [s.image_id for s in run.dataset.samples]
+    detections = detections_from_voc_results(run.results, run.dataset.classes, image_ids)
+    return ThresholdAnalysis(curve, threshold, confusion_matrix(run.dataset, detections, threshold))
+
+
+def write_run_plots(run_dir: str | Path, folder: str | Path | None = None) -> list[Path]:
+    """The report's pictures of one run as PNG files in ``folder`` (default ``RUN/plots``):
+    ``training.png``, ``ap.png``, ``pr_curves.png``, ``error_pies.png``, ``fp_curve.png``,
+    ``threshold.png`` and ``confusion.png``, each where the run has what it needs (the last
+    five need the test set's ground truth). Returns the files written."""
+    run = read_run(run_dir)
+    out = Path(folder) if folder is not None else run.path / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if run.log:
+        written.append(plots.plot_training_curves({run.name: run.log}, out / "training.png"))
+    per_class = (run.metrics.get("voc07") or {}).get("per_class")
+    if per_class:
+        written.append(plots.plot_ap_bars(per_class, out / "ap.png"))
+    if run.dataset is not None:
+        written.append(plots.plot_pr_curves(voc07_eval(run), out / "pr_curves.png"))
+        analysis = threshold_analysis(run)
+        written.append(plots.plot_threshold_curve(analysis.curve, out / "threshold.png"))
+        written.append(plots.plot_confusion(analysis.confusion, run.dataset.classes, out / "confusion.png",
+                                            analysis.threshold))
+    diagnosis = _diagnosis_of(run)
+    if diagnosis is not None:
+        written.append(plots.plot_diagnosis_pies({run.name: diagnosis}, out / "error_pies.png"))
+    stored = _read_json(run.path / "diagnosis.json") if (run.path / "diagnosis.json").is_file() else {}
+    if isinstance(stored, dict) and isinstance(stored.get("fp_curve"), dict):
+        written.append(plots.plot_fp_curve(stored["fp_curve"], out / "fp_curve.png"))
+    return written
+
+
 # ------------------------------------------------------------------------- image selection
 
 @dataclass
@@ -250,12 +300,6 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _figure_uri(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return _data_uri(buffer.getvalue(), "image/png")
-
-
 def _png_uri(path: Path) -> str:
     return _data_uri(path.read_bytes(), "image/png")
 
@@ -273,39 +317,8 @@ def _picture_uri(run: Run, sample: Sample, dets: Detections) -> str:
 
 
 def loss_points(run: Run, key: str) -> list[tuple[int, float]]:
-    """``(iteration, value)`` of ``key`` (``loss`` or ``val_loss``) in a run's log; runs logged
-    before both settings wrote these keys carry ``loss_cls`` / ``val_loss_cls``."""
-    values = ((r.get("iteration"), r.get(key, r.get(key + "_cls"))) for r in run.log)
-    return [(i, v) for i, v in values if isinstance(i, int) and isinstance(v, (int, float))]
-
-
-def training_curves_uri(runs: Sequence[Run]) -> str | None:
-    """Training loss (solid) and validation loss (dashed) against iteration, one colour a run.
-
-    Both settings log ``loss`` / ``val_loss``: the whole objective (the NoC's classification loss in
-    the frozen setting; RPN + NoC losses end to end); see :func:`loss_points`."""
-    if not any(r.log for r in runs):
-        return None
-    fig = Figure(figsize=(11, 3.8))  # a bare Figure: no pyplot state, safe in any thread
-    loss_ax, lr_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
-    for k, run in enumerate(runs):
-        colour = f"C{k % 10}"
-        for key, style, label in (("loss", "-", "train"), ("val_loss", "--", "validation")):
-            points = loss_points(run, key)
-            if points:
-                x, y = zip(*points)
-                loss_ax.plot(x, y, style, color=colour, marker="o" if len(points) < 20 else None,
-                             markersize=3, label=f"{run.name} {label}")
-        lr = [(r["iteration"], r["lr"]) for r in run.log if isinstance(r.get("lr"), (int, float))]
-        if lr:
-            lr_ax.plot(*zip(*lr), color=colour, label=run.name)
-    loss_ax.set(xlabel="iteration", ylabel="training objective", title="loss")
-    lr_ax.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
-    for ax in (loss_ax, lr_ax):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    return _figure_uri(fig)
+    """``(iteration, value)`` of ``key`` in a run's log (:func:`nocdet.viz.plots.loss_points`)."""
+    return plots.loss_points(run.log, key)
 
 
 # ------------------------------------------------------------------------------------ HTML
@@ -321,11 +334,18 @@ p.what{color:#555;margin:2px 0 12px;font-style:italic}
 p.note{color:#8a5a00;background:#fff7e6;padding:6px 10px;border-radius:4px}
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #dde1e6;padding:4px 10px;text-align:right}th{background:#f0f2f5}
-td:first-child,th:first-child{text-align:left}td.best{font-weight:700;background:#eef8ee}
+td:first-child,th:first-child,td.text,th.text{text-align:left}td.best{font-weight:700;background:#eef8ee}
+td.noc{white-space:nowrap;text-align:left;font-family:ui-monospace,monospace;font-size:13px}
+td.nowrap{white-space:nowrap}th[title]:not([title=""]){text-decoration:underline dotted;cursor:help}
+div.scroll{overflow-x:auto;max-width:100%}
+.legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:13px;margin:4px 0 8px}
+.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;vertical-align:-1px}
+@media (max-width:700px){main{padding:12px}th,td{padding:3px 6px}}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}
 pre{background:#f4f5f7;padding:10px;border-radius:4px;overflow:auto;font-size:13px}
 img.plot{max-width:100%;border:1px solid #e3e6ea;border-radius:4px;margin:6px 0}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(340px,100%),1fr));gap:12px}
+h1,h2,h3,p,summary,figcaption{overflow-wrap:anywhere}
 figure{margin:0}figure img{width:100%;height:340px;object-fit:contain;background:#eceef1;border-radius:4px}
 figcaption{font-size:13px;color:#444}
 """
@@ -335,6 +355,8 @@ window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.dataset.imagesLoaded = loaded + "/" + images.length;
+  document.body.dataset.pageWidth = document.documentElement.scrollWidth;
+  document.body.dataset.viewWidth = document.documentElement.clientWidth;
 });
 </script>"""
 
@@ -370,7 +392,12 @@ def _table(header: list[str], rows: list[list[Any]], bold: set[tuple[int, int]] 
             cls = ' class="best"' if (i, c) in bold else ""
             cells.append(f"<td{cls}>{_percent(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return _scroll(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _scroll(table: str) -> str:
+    """A wide table scrolls sideways inside its box instead of widening the page."""
+    return f'<div class="scroll">{table}</div>'
 
 
 def _best_cells(rows: list[list[Any]], groups: list[list[tuple[int, int]]]) -> set[tuple[int, int]]:
@@ -389,25 +416,56 @@ def _metric(run: Run, group: str, key: str) -> Any:
     return value if isinstance(value, (int, float)) else None
 
 
+def readable_time(stamp: Any) -> str:
+    """``2024-05-01T12:00:00+00:00`` -> ``2024-05-01 12:00 UTC`` (no zone: as written); other
+    values as they are."""
+    try:
+        when = datetime.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    zone = "" if when.tzinfo is None else " UTC" if when.utcoffset() == datetime.timedelta(0) \
+        else when.strftime(" %z")
+    return when.strftime("%Y-%m-%d %H:%M") + zone
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "–"
+    minutes = round(seconds / 60)
+    return f"{seconds:.0f} s" if seconds < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def _runs_section(runs: Sequence[Run]) -> str:
     rows = []
     for run in runs:
         data = run.info.get("data") or {}
-        seconds = run.info.get("train_seconds")
-        hours = f"{seconds / 3600:.2f} h" if isinstance(seconds, (int, float)) else "–"
+        timing = run.metrics.get("timing_seconds") or {}
+        features = sum(v for k, v in timing.items() if k in ("proposals", "features", "features_and_proposals")
+                       and isinstance(v, (int, float)))
         params = run.info.get("params")
         params = f"{params / 1e6:.2f} M" if isinstance(params, (int, float)) else "–"
-        cells = [run.name, run.info.get("noc", "–"),
-                 f"{data.get('format', '?')}:{data.get('root', '?')} ({data.get('test_split', 'test')})",
-                 params, hours, run.info.get("created", "–"), str(run.path)]
-        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("run", "NoC", "test data", "parameters", "training time",
-                                              "created", "folder"))
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        cells = [(run.name, "text"), (run.info.get("noc", "–"), "noc"),
+                 (f"{data.get('format', '?')}:{data.get('root', '?')} ({data.get('test_split', 'test')})", "text"),
+                 (params, ""), (_duration(run.info.get("train_seconds")), ""),
+                 (_duration(features) if timing else "–", ""),
+                 (readable_time(run.info.get("created", "–")), "text nowrap"), (str(run.path), "text")]
+        rows.append("<tr>" + "".join(f'<td class="{cls}">{_e(c)}</td>' if cls else f"<td>{_e(c)}</td>"
+                                     for c, cls in cells) + "</tr>")
+    head = "".join(f'<th class="{cls}" title="{_e(tip)}">{_e(h)}</th>' for h, cls, tip in (
+        ("run", "text", ""), ("NoC", "text", "the NoC string (docs/reference.md)"),
+        ("test data", "text", ""),
+        ("NoC parameters", "", "parameters of the trained network: the NoC head in the frozen setting "
+                               "(the frozen backbone is not counted); the whole detector end to end"),
+        ("training time", "", "SGD training alone: proposals and feature extraction are not included"),
+        ("proposals + features", "", "Selective Search and RoI feature extraction (frozen setting)"),
+        ("created", "text", ""), ("folder", "text", "")))
+    table = _scroll(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     configs = "".join(f"<details><summary>config of {_e(r.name)}</summary><pre>{_e(r.config)}</pre></details>"
                       if r.config is not None else _note(f"{r.name}: no config.yaml") for r in runs)
-    return _section("Runs", "What was trained: the NoC string, the test data, model size and time; "
-                    "click a config to see the resolved settings.", table + configs)
+    return _section("Runs", "What was trained: the NoC string, the test data, model size and time. "
+                    "Parameters count the trained network (with frozen features: the NoC head, not the "
+                    "backbone); training time is SGD alone, proposals and feature extraction are given "
+                    "apart. Click a config to see the resolved settings.", table + configs)
 
 
 def _metrics_section(runs: Sequence[Run]) -> str:
@@ -460,16 +518,46 @@ def _pr_section(runs: Sequence[Run], tmp: Path) -> str:
                     "ranked by score (VOC devkit matching at IoU 0.5).", "".join(parts))
 
 
+def _diagnosis_of(run: Run) -> Diagnosis | None:
+    """The run's diagnosis: from ``diagnosis.json``, else computed from its result files (None
+    without the test set); kept on the run."""
+    if run.diagnosis is None and run.dataset is not None:
+        by_class = {name: ClassDetections.from_devkit(r.image_ids, r.scores, r.boxes)
+                    for name, r in run.results.items()}
+        with warnings.catch_warnings():  # the report says so in the page
+            warnings.filterwarnings("ignore", message=".*defines no similarity groups.*")
+            run.diagnosis = diagnose(run.dataset, by_class)
+    return run.diagnosis
+
+
+def _threshold_section(runs: Sequence[Run], tmp: Path) -> str:
+    parts = []
+    for k, run in enumerate(runs):
+        if run.dataset is None:
+            parts.append(_note(f"{run.name}: {run.data_note}"))
+            continue
+        analysis = threshold_analysis(run)
+        plots.plot_threshold_curve(analysis.curve, tmp / f"threshold{k}.png")
+        plots.plot_confusion(analysis.confusion, run.dataset.classes, tmp / f"confusion{k}.png", analysis.threshold)
+        curve = analysis.curve
+        best = (f"Best F1 {100 * curve.f1[curve.best]:.1f}% at score {analysis.threshold:.2f} (precision "
+                f"{100 * curve.precision[curve.best]:.1f}%, recall {100 * curve.recall[curve.best]:.1f}%): "
+                f"nocdet detect --threshold {analysis.threshold:.2f}" if len(curve.thresholds)
+                else "no detections")
+        parts.append(f"<h3>{_e(run.name)}</h3><p>{_e(best)}</p>"
+                     + _img(_png_uri(tmp / f"threshold{k}.png"), f"precision, recall and F1 of {run.name}")
+                     + _img(_png_uri(tmp / f"confusion{k}.png"), f"confusion matrix of {run.name}"))
+    return _section("Score threshold", "Precision, recall and F1 of all classes together when only "
+                    "detections scoring at least the threshold are kept (what nocdet detect --threshold "
+                    "does), and the confusion matrix at the threshold of the best F1: rows are the true "
+                    "classes (background: a detection on no object or a duplicate), columns the detected "
+                    "ones (missed: an object nothing found).", "".join(parts))
+
+
 def _diagnosis_section(runs: Sequence[Run], tmp: Path) -> str:
     diagnoses, notes = {}, []
     for run in runs:
-        if run.diagnosis is None and run.dataset is not None:
-            by_class = {name: ClassDetections.from_devkit(r.image_ids, r.scores, r.boxes)
-                        for name, r in run.results.items()}
-            with warnings.catch_warnings():  # said in the page instead (below)
-                warnings.filterwarnings("ignore", message=".*defines no similarity groups.*")
-                run.diagnosis = diagnose(run.dataset, by_class)
-        if run.diagnosis is None:
+        if _diagnosis_of(run) is None:
             notes.append(_note(f"{run.name}: no diagnosis.json and {run.data_note}"))
             continue
         diagnoses[run.name] = run.diagnosis
@@ -487,12 +575,24 @@ def _diagnosis_section(runs: Sequence[Run], tmp: Path) -> str:
                     body + "".join(notes))
 
 
-def _training_section(runs: Sequence[Run]) -> str:
-    uri = training_curves_uri(runs)
-    body = _img(uri, "training curves") if uri else _note("no log.jsonl records")
+def _training_section(runs: Sequence[Run], tmp: Path) -> str:
+    if any(r.log for r in runs):
+        plots.plot_training_curves({r.name: r.log for r in runs}, tmp / "training.png")
+        body = _img(_png_uri(tmp / "training.png"), "training curves")
+    else:
+        body = _note("no log.jsonl records")
     return _section("Training", "Training objective (the NoC's classification loss with frozen features; RPN "
                     "+ NoC losses end to end) on the training mini-batches (solid) and on the validation set "
-                    "(dashed), and the learning rate, against iteration.", body)
+                    "(dashed), the validation mean AP where it was computed, and the learning rate (log "
+                    "scale), against iteration.", body)
+
+
+def _colour_legend(classes: Sequence[str]) -> str:
+    """The class colours of the drawn pictures, as swatches with the class names."""
+    items = "".join(f'<span><span class="swatch" style="background:rgb{colour}"></span>{_e(name)}</span>'
+                    for name, colour in zip(classes, class_colours(len(classes))))
+    return f'<div class="legend">{items}<span><span class="swatch" style="background:rgb(150, 150, 150)">' \
+           '</span>difficult (ground truth)</span></div>'
 
 
 def _samples_section(runs: Sequence[Run], count: int) -> str:
@@ -507,6 +607,7 @@ def _samples_section(runs: Sequence[Run], count: int) -> str:
                       for d in detections_from_voc_results(run.results, run.dataset.classes, image_ids)}
         scores = [score_image(samples[i], detections[i]) for i in image_ids]
         best, worst = pick_examples(scores, count)
+        parts.append(_colour_legend(run.dataset.classes))
         for title, chosen in (("best", best), ("worst", worst)):
             figures = []
             for s in chosen:
@@ -543,7 +644,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, names: Sequenc
     with tempfile.TemporaryDirectory(prefix="nocdet-report-") as folder:  # plots write PNG files
         tmp = Path(folder)
         body = "".join([_runs_section(runs), _metrics_section(runs), _per_class_section(runs, tmp),
-                        _pr_section(runs, tmp), _diagnosis_section(runs, tmp), _training_section(runs),
+                        _pr_section(runs, tmp), _threshold_section(runs, tmp), _diagnosis_section(runs, tmp),
+                        _training_section(runs, tmp),
                         _samples_section(runs, sample_images)])
     title = "nocdet report: " + " vs ".join(r.name for r in runs)
     created = datetime.datetime.now().isoformat(timespec="seconds")
