@@ -86,3 +86,12 @@ def test_the_helpers_accept_and_create(tmp_path):
     (tmp_path / "x.onnx").mkdir()
     with pytest.raises(ConfigError, match=r"^--model \S+x\.onnx is a folder; give a file name$"):
         output_file(tmp_path / "x.onnx", "--model")
+
+
+def test_export_replaces_only_onnx_files(inputs, capsys):
+    model = inputs / "model.pt"
+    before = model.read_bytes()
+    for out in (model, inputs / "afile"):
+        err = refused(["export", "--checkpoint", str(model), "--out", str(out)], capsys)
+        assert f"--out {out} exists and is not an .onnx file" in err
+    assert model.read_bytes() == before and (inputs / "afile").read_text() == "not a folder"

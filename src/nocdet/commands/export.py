@@ -23,10 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nocdet.errors import ConfigError
     from nocdet.export import export_onnx, onnx_metadata, onnx_session
     from nocdet.io import output_file
 
     output_file(args.out)
+    if args.out.exists() and (args.out.suffix != ".onnx" or args.out.resolve() == args.checkpoint.resolve()):
+        raise ConfigError(f"--out {args.out} exists and is not an .onnx file: export replaces only .onnx files "
+                          "(remove it or give another name)")
     path = export_onnx(args.checkpoint, args.out, opset=args.opset, format=args.format)
     meta = onnx_metadata(onnx_session(path))
     print(f"{path}: inputs image [3, H, W] float32 RGB in [0, 1], proposals [R, 4] float32 (x1, y1, x2, y2); "
