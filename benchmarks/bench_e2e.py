@@ -46,9 +46,11 @@ from torchvision.ops import MultiScaleRoIAlign
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_noc import count_flops, cpu_model, verdict  # noqa: E402
 
+from nocdet.devices import require_device  # noqa: E402
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model  # noqa: E402
 from nocdet.e2e.roi_heads import BOX_WEIGHTS  # noqa: E402
 from nocdet.e2e.solver import build_optimizer  # noqa: E402
+from nocdet.errors import ConfigError  # noqa: E402
 from nocdet.experiment import ExperimentConfig, load_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every twin config of part 3 (e.g. sampling.rois_per_image=64)")
     args = parser.parse_args(argv)
+    try:  # a clear refusal, not a traceback, where the device is missing
+        require_device(args.device, "--device")
+    except ConfigError as err:
+        parser.error(str(err))
     rounds = args.rounds or (2 if args.quick else 5)
     if rounds < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--rounds and --threads must be >= 1, --warmup >= 0")

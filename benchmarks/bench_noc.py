@@ -34,6 +34,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_pool
 
+from nocdet.devices import require_device
+from nocdet.errors import ConfigError
 from nocdet.features.pyramid import (
     pool_pyramid,
     pool_pyramid_pair,
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the CPUs this process may run on)")
     args = parser.parse_args(argv)
+    try:  # a clear refusal, not a traceback, where the device is missing
+        require_device(args.device, "--device")
+    except ConfigError as err:
+        parser.error(str(err))
     rois = args.rois or (250 if args.quick else 2000)
     repeats = args.repeats or (2 if args.quick else 5)
     mm_size = 2048 if args.quick else 4096
