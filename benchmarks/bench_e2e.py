@@ -30,10 +30,9 @@ import copy
 import datetime
 import math
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +43,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_noc import count_flops, cpu_model, verdict  # noqa: E402
+from harness import count_flops, machine_line, median, synchronizer, time_interleaved, verdict  # noqa: E402
 
 from nocdet.devices import require_device  # noqa: E402
 from nocdet.e2e.model import NoCFasterRCNN, build_e2e_model  # noqa: E402
@@ -85,31 +84,6 @@ def synthetic_batch(n: int, size: tuple[int, int], num_classes: int, generator: 
         labels = torch.randint(1, num_classes + 1, (k,), generator=generator)
         targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
     return images, targets
-
-
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def time_interleaved(cases: dict[str, Callable[[], object]], warmup: int, rounds: int,
-                     sync: Callable[[], None]) -> dict[str, list[float]]:
-    """Seconds of every timed round per case; each round runs every case once, in reverse order
-    every other round, so that neither load drifts nor caches favour one side."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    names = list(cases)
-    for index in range(warmup + rounds):
-        for name in names if index % 2 == 0 else names[::-1]:
-            sync()
-            start = time.perf_counter()
-            cases[name]()
-            sync()
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 def zero_lr_sgd(model: nn.Module, solver=None) -> torch.optim.Optimizer:
@@ -442,9 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
     print(f"== end-to-end benchmark{' (quick)' if args.quick else ''}: "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average before {os.getloadavg()[0]:.1f}")
+    print(machine_line())
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}")
     print(f"rounds: {args.warmup} warm-up + {rounds} timed, interleaved; random weights")

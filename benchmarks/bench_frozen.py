@@ -60,7 +60,7 @@ from nocdet.training.roi_sampler import RoISampler, SamplingConfig, gather_input
 from nocdet.training.svm import LinearSVMs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_noc import cpu_model, verdict  # noqa: E402  (the sibling benchmark's helpers)
+from harness import cpu_model, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"demo": ROOT / "configs" / "demo.yaml", "base": ROOT / "configs" / "scene_digits" / "base.yaml"}

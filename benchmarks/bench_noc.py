@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_pool
 
+from harness import count_flops, machine_line, median, synchronizer, time_interleaved, verdict
 from nocdet.devices import require_device
 from nocdet.errors import ConfigError
 from nocdet.features.pyramid import (
@@ -54,20 +51,6 @@ SCALES = (480, 576, 688, 864, 1200)
 IMAGE_W, IMAGE_H = 500, 375
 CHANNELS, ROI_SIZE, STRIDE = 256, 6, 16
 RATE_TARGET, MAXOUT_TARGET, POOL_TARGET = 0.70, 2.1, 0.10
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def synthetic_proposals(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -124,27 +107,6 @@ def build_cases(rois: int, mm_size: int, generator: torch.Generator,
     return cases
 
 
-def time_interleaved(cases: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                     device: torch.device) -> dict[str, float]:
-    """Median seconds per case over ``repeats`` rounds, each round running every case once."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for round_index in range(warmup + repeats):
-        for name, fn in cases.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 250 RoIs, mm 2048, 1+2 rounds")
@@ -169,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
     print(f"== NoC benchmark{' (quick)' if args.quick else ''}: "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average before {os.getloadavg()[0]:.1f}")
+    print(machine_line())
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}")
     print(f"RoIs: {rois} of {CHANNELS}x{ROI_SIZE}x{ROI_SIZE}; rounds: {args.warmup} warm-up + {repeats} timed")
@@ -180,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         cases = build_cases(rois, mm_size, generator, device)
         flops = {name: count_flops(fn) for name, fn in cases.items() if not name.startswith("pool")}
-        seconds = time_interleaved(cases, args.warmup, repeats, device)
+        seconds = {name: median(t) for name, t in
+                   time_interleaved(cases, args.warmup, repeats, synchronizer(device)).items()}
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     mm_name = f"mm {mm_size}"
