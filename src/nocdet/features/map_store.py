@@ -17,6 +17,10 @@ Files of a maps shard, besides ``regions.npz`` and ``images.json``::
                      factor [I, S] (resize factor of the level), and the pooling: stride,
                      roi_size, pool_mode, channels
 
+The maps of an image do not depend on its regions: a maps shard whose images, backbone and
+pyramid match another cache's (same maps key, :func:`nocdet.features.roi_cache.maps_key`) takes
+that cache's two files as hard links (:func:`link_maps`) and computes only its region tables.
+
 Shape shorthand: I = images, S = pyramid levels, N = regions, P = pathways, C = channels,
 m = RoI size.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Sequence
@@ -161,6 +166,13 @@ class MapFeatures:
                             f"got {type(key).__name__} {key!r:.60}")
         return self._pool(self._rows(rows.astype(np.int64)))
 
+    def at_slots(self, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Features ``[n, C, m, m]`` float16 of regions ``rows [n]``, each at one of its pathways
+        ``slots [n]``, pooled at that level only (the same values as ``self[rows]`` there)."""
+        rows = self._rows(np.asarray(rows, np.int64).reshape(-1))
+        chosen = self.levels[rows, np.asarray(slots, np.int64).reshape(-1)]
+        return MapFeatures(self.maps, self.index, self.boxes[rows], self.image[rows], chosen[:, None])[:][:, 0]
+
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         n = len(self)
         bad = (rows < -n) | (rows >= n)
@@ -188,6 +200,20 @@ class MapFeatures:
                                 self.index.pool_mode)
         out[order] = pooled.numpy().astype(np.float16)
         return out
+
+
+def link_maps(source: Path, target: Path) -> MapIndex:
+    """Give the shard folder ``target`` the maps files of the finished shard folder ``source``:
+    hard links (the two caches then share the bytes, and removing one leaves the other whole), or
+    copies where the file system has no hard links. Returns the maps index."""
+    for name in (MAPS_FILE, INDEX_FILE):
+        try:
+            os.link(source / name, target / name)
+        except FileNotFoundError:
+            raise
+        except OSError:  # no hard links here (another file system, or none at all)
+            shutil.copyfile(source / name, target / name)
+    return MapIndex.load(target / INDEX_FILE)
 
 
 def open_maps(shard_dir: Path, boxes: np.ndarray, image: np.ndarray, levels: np.ndarray,

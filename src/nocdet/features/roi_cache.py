@@ -32,6 +32,14 @@ content: backbone and weights, scales, pooling, store, proposals, images and ann
 
 Before extracting, rank 0 logs the cache's estimated size (:func:`estimate_bytes`).
 
+The maps of the "maps" store do not depend on the regions: its ``settings.json`` also records a
+second key, :func:`maps_key`, of what the maps depend on (backbone, pyramid, pooling, flips and
+the image files, not the proposals or annotations). A maps shard whose maps key matches a finished
+shard of another cache under the same root takes that shard's maps files as hard links
+(:func:`nocdet.features.map_store.link_maps`) and computes its region tables only: new Selective
+Search settings do not run the backbone again. ``nocdet cache ls`` counts shared files in each
+cache that holds them; removing either cache leaves the other whole.
+
 A shard is built in a private temporary folder (``shard-<k>-of-<n>.<host>-<pid>.<random>.tmp``),
 its files written and fsync'ed, and only then renamed to ``shard-<k>-of-<n>/`` and marked done:
 two processes extracting the same cache at once never write into the same files (the second
@@ -70,9 +78,9 @@ from tqdm import tqdm
 
 from nocdet.caches import format_bytes
 from nocdet.data.images import load_image
-from nocdet.data.sample import DetectionDataset
+from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.errors import ConfigError, DataError, NocdetError
-from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, map_bytes, open_maps
+from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, link_maps, map_bytes, open_maps
 from nocdet.features.pyramid import pool_slots, pyramid_scale_factors, resize_to_scales, select_adjacent_pair, \
     select_scale
 from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
@@ -171,6 +179,36 @@ def cache_key(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], ba
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(np.ascontiguousarray(proposals[sample.image_id], np.float32).tobytes())
     return h.hexdigest()[:20]
+
+
+def maps_key(dataset: DetectionDataset, backbone_id: str, roi_size: int, settings: ExtractionSettings) -> str:
+    """A hash of what the "maps" store's conv maps and their index depend on: the backbone, the
+    pyramid (scales, ``max_size``, flips), the pooling the index records and the image files with
+    their sizes; not the proposals, the annotations nor the settings of the regions alone."""
+    keyed = {"scales": settings.scales, "max_size": settings.max_size, "pool_mode": settings.pool_mode,
+             "flip": settings.flip}
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "backbone": backbone_id, "roi_size": roi_size,
+                         "settings": keyed}, sort_keys=True).encode())
+    for sample in dataset.samples:
+        stat = sample.path.stat() if sample.path.exists() else None
+        h.update(f"{sample.image_id}|{sample.path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|"
+                 f"{sample.width}x{sample.height}".encode())
+    return h.hexdigest()[:20]
+
+
+def _maps_donor(root: Path, key: str, mkey: str, shard: str) -> Path | None:
+    """A finished shard folder named ``shard`` of another cache under ``root`` with maps key ``mkey``."""
+    if not root.is_dir():
+        return None
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != key):
+        try:
+            same = json.loads((folder / "settings.json").read_text()).get("maps_key") == mkey
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same and (folder / f"{shard}.done.json").exists() and (folder / shard / MAPS_FILE).exists():
+            return folder / shard
+    return None
 
 
 def estimate_bytes(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], settings: ExtractionSettings,
@@ -301,7 +339,12 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     if done.exists():
         _touch(folder / LAST_USED)
         return folder
-    if rank == 0:
+    mkey = maps_key(dataset, identity, roi_size, settings) if settings.store == "maps" else None
+    donor = _maps_donor(Path(root), key, mkey, name) if mkey else None
+    if donor is not None:
+        logger.info("building the region tables of the RoI feature cache of %s in %s; the conv maps are "
+                    "those of %s", dataset.name, folder, donor)
+    elif rank == 0:
         images, size = estimate_bytes(dataset, proposals, settings, int(backbone.out_channels),
                                       int(getattr(backbone, "stride", 16)), roi_size)
         logger.info("building the RoI feature cache of %s: %d images x %s (%s store) = about %s in %s",
@@ -310,14 +353,15 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     shard_dir = folder / name
     if shard_dir.exists() and not (shard_dir / "images.json").exists():
         shutil.rmtree(shard_dir, ignore_errors=True)  # left by a killed run of an older nocdet
-    atomic_write_json(folder / "settings.json", {"key": key, "backbone": backbone_name, "roi_size": roi_size,
-                                                  "settings": asdict(settings), "dataset": dataset.name})
+    described = {"key": key, "backbone": backbone_name, "roi_size": roi_size, "settings": asdict(settings),
+                 "dataset": dataset.name}
+    atomic_write_json(folder / "settings.json", {**described, "maps_key": mkey} if mkey else described)
     remove_orphans(folder)
     if not shard_dir.exists():
         tmp = None
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f"{name}.{owner_tag()}.", suffix=".tmp", dir=folder))
-            _write_shard(tmp, dataset, proposals, backbone, settings, roi_size, rank, world_size, progress)
+            _write_shard(tmp, dataset, proposals, backbone, settings, roi_size, rank, world_size, progress, donor)
             os.rename(tmp, shard_dir)
         except OSError as err:
             if tmp is not None:
@@ -348,8 +392,9 @@ def _touch(path: Path) -> None:
 
 def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
                  backbone: torch.nn.Module, settings: ExtractionSettings, roi_size: int, rank: int,
-                 world_size: int, progress: bool) -> None:
-    """Extract the images of shard ``rank`` into ``shard_dir``: features (or maps) streamed, then the rest."""
+                 world_size: int, progress: bool, maps_from: Path | None = None) -> None:
+    """Extract the images of shard ``rank`` into ``shard_dir``: features (or maps) streamed, then the
+    rest; with ``maps_from`` (a finished maps shard of the same maps key) its maps are linked instead."""
     backbone.eval()
     device = next(backbone.parameters()).device
     todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
@@ -362,12 +407,43 @@ def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[
     offsets = np.concatenate([[0], np.cumsum([len(r["boxes"]) for r in per_image])]).astype(np.int64)
     total = int(offsets[-1])
     pathways = 1 if len(settings.scales) == 1 else 2
-    channels = int(backbone.out_channels)
-    stride = getattr(backbone, "stride", 16)
     levels = np.zeros((total, pathways), np.int8)
     best = np.zeros(total, np.int8)
-    bar = tqdm(todo, desc=f"RoI features {dataset.name} [{rank + 1}/{world_size}]", unit="img",
-               disable=not progress)
+    if maps_from is not None:
+        factors = link_maps(maps_from, shard_dir).factor
+        if len(factors) != len(todo):
+            raise DataError(f"the maps index lists {len(factors)} images, this shard {len(todo)}; delete the "
+                            "cache folder", path=maps_from)
+        for regions, start, image_factors in zip(per_image, offsets[:-1], factors):
+            n = len(regions["boxes"])
+            if n:
+                lv, bs = select_levels(torch.from_numpy(regions["boxes"]).to(device), image_factors.tolist(),
+                                       settings)
+                levels[start:start + n] = lv.cpu().numpy()
+                best[start:start + n] = bs.cpu().numpy()
+    else:
+        _write_features(shard_dir, todo, per_image, offsets, levels, best, backbone, settings, roi_size,
+                        f"RoI features {dataset.name} [{rank + 1}/{world_size}]", progress)
+    arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))
+              for k in ("boxes", "is_gt", "overlap", "label", "target")}
+    arrays["image"] = np.repeat(np.arange(len(per_image)), np.diff(offsets)).astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez(buffer, levels=levels, best=best, offsets=offsets, **arrays)
+    atomic_write_bytes(shard_dir / "regions.npz", buffer.getvalue())
+    atomic_write_json(shard_dir / "images.json", {"image_ids": [s.image_id for s, _ in todo],
+                                                  "flipped": [f for _, f in todo]})
+
+
+def _write_features(shard_dir: Path, todo: list[tuple[Sample, bool]], per_image: list[dict[str, np.ndarray]],
+                    offsets: np.ndarray, levels: np.ndarray, best: np.ndarray, backbone: torch.nn.Module,
+                    settings: ExtractionSettings, roi_size: int, description: str, progress: bool) -> None:
+    """Run the backbone over the images ``todo`` and stream their pooled features (or maps) into
+    ``shard_dir``, filling the regions' ``levels`` and ``best`` in place."""
+    device = next(backbone.parameters()).device
+    pathways, total = levels.shape[1], len(levels)
+    channels = int(backbone.out_channels)
+    stride = getattr(backbone, "stride", 16)
+    bar = tqdm(todo, desc=description, unit="img", disable=not progress)
     store_maps = settings.store == "maps"
     with open(shard_dir / (MAPS_FILE if store_maps else "features.npy"), "wb") as out:
         if store_maps:
@@ -400,14 +476,6 @@ def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[
         else:
             out.flush()
             os.fsync(out.fileno())
-    arrays = {k: np.concatenate([r[k] for r in per_image]) if per_image else np.zeros((0,))
-              for k in ("boxes", "is_gt", "overlap", "label", "target")}
-    arrays["image"] = np.repeat(np.arange(len(per_image)), np.diff(offsets)).astype(np.int32)
-    buffer = io.BytesIO()
-    np.savez(buffer, levels=levels, best=best, offsets=offsets, **arrays)
-    atomic_write_bytes(shard_dir / "regions.npz", buffer.getvalue())
-    atomic_write_json(shard_dir / "images.json", {"image_ids": [s.image_id for s, _ in todo],
-                                                  "flipped": [f for _, f in todo]})
 
 
 def open_cache(folder: str | Path) -> RoIFeatureCache:

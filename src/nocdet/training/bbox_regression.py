@@ -27,13 +27,19 @@ Difficult objects are left out of the ground truth unless ``use_difficult`` (as 
 The examples' features are held in memory until the per-class solves (only regions above the
 IoU threshold are kept, a few dozen per image); one pass over the records suffices.
 
+The fit reads the features of two sets of rows per image only: the examples and the random
+sample of the norm estimate. A record may therefore be a :class:`RegionsOnDemand`, which computes
+just those rows (pooling every region of an image, when the fit reads its few dozen examples
+and a sample of 200 for the norm, was most of the cost of the fit); the result is bit-identical
+to that of a :class:`RegionFeatures` record with every row.
+
 Shape shorthand: R regions, D feature dimensions, K object classes (labels ``1..K``).
 """
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +49,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nocdet.boxes import box_iou, decode_deltas, encode_deltas
-from nocdet.errors import ConfigError, TrainingError
-from nocdet.training.svm import MeanNormEstimator, Records, RegionFeatures, check_feature_dim, open_records
+from nocdet.errors import ConfigError, DataError, TrainingError
+from nocdet.training.svm import MeanNormEstimator, RegionFeatures, open_records
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,47 @@ class BoxRegressionConfig:
         for name in ("whitening_eps", "target_norm", "norm_boxes_per_image"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"BoxRegressionConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class RegionsOnDemand:
+    """One image's regions whose features are computed only for the rows the fit reads.
+
+    ``regions`` carries the boxes and ground truth (its ``features`` are not read: an empty
+    ``[R, 0]`` will do); ``features_of(rows)`` returns the features ``[n, ...]`` of the sorted,
+    distinct row indices ``rows [n]``, each row as it would be among all ``R``.
+    """
+
+    regions: RegionFeatures
+    features_of: Callable[[Tensor], Tensor]
+
+    @property
+    def image_id(self) -> str:
+        return self.regions.image_id
+
+
+BoxRecords = (Iterable[RegionFeatures | RegionsOnDemand]
+              | Callable[[], Iterable[RegionFeatures | RegionsOnDemand]])
+"""Input of :func:`train_box_regressor`: as :data:`nocdet.training.svm.Records`, records on demand allowed."""
+
+
+def _rows_reader(record: RegionFeatures | RegionsOnDemand) -> tuple[RegionFeatures, Callable[[Tensor], Tensor]]:
+    """The record's regions and a function from sorted rows ``[n]`` to their features ``[n, D]``
+    (float32, finite: else :class:`DataError` naming the record)."""
+    if isinstance(record, RegionFeatures):
+        return record, lambda rows: record.features[rows]
+
+    def features_of(rows: Tensor) -> Tensor:
+        features = torch.as_tensor(record.features_of(rows)).float()
+        if features.ndim < 2 or len(features) != len(rows):
+            raise DataError(f"features of shape {tuple(features.shape)} computed for {len(rows)} regions: "
+                            "they must be [regions, ...]", record=str(record.image_id))
+        features = features.flatten(1)
+        if not bool(torch.isfinite(features).all()):
+            raise DataError("features contain NaN or infinite values", record=str(record.image_id))
+        return features
+
+    return record.regions, features_of
 
 
 def regression_examples(record: RegionFeatures, min_iou: float, use_difficult: bool) -> tuple[Tensor, Tensor]:
@@ -209,11 +256,20 @@ def _fit_class(features: Tensor, targets: Tensor, config: BoxRegressionConfig
     return beta[:-1], beta[-1], mean, unwhiten
 
 
+def _check_dim(features: Tensor, dim: int | None, image_id: str) -> int | None:
+    """As :func:`nocdet.training.svm.check_feature_dim`, for the rows read of one record."""
+    if len(features) == 0:
+        return dim
+    if dim is not None and features.shape[1] != dim:
+        raise DataError(f"features are {features.shape[1]}-d, earlier records {dim}-d", record=str(image_id))
+    return features.shape[1]
+
+
 def _class_name(label: int, class_names: Sequence[str] | None) -> str:
     return f"class {class_names[label - 1]!r}" if class_names else f"class {label}"
 
 
-def train_box_regressor(records: Records, num_classes: int, config: BoxRegressionConfig | None = None,
+def train_box_regressor(records: BoxRecords, num_classes: int, config: BoxRegressionConfig | None = None,
                         progress: bool = True, class_names: Sequence[str] | None = None) -> BoxRegressor:
     """Fit K class-specific ridge box regressors in one pass over ``records`` (module docstring).
 
@@ -228,14 +284,18 @@ def train_box_regressor(records: Records, num_classes: int, config: BoxRegressio
     dim = None
     for record in tqdm(open_records(records), desc="box regression examples", unit="image",
                        disable=not progress):
-        record.check_labels(num_classes)
-        dim = check_feature_dim(record, dim)
-        norms.add(record.features)
-        rows, gt = regression_examples(record, config.min_iou, config.use_difficult)
+        regions, features_of = _rows_reader(record)
+        regions.check_labels(num_classes)
+        sample = norms.draw(len(regions.boxes))
+        rows, gt = regression_examples(regions, config.min_iou, config.use_difficult)
+        needed = torch.cat([sample, rows]).unique()  # sorted
+        read = features_of(needed)
+        dim = _check_dim(read, dim, regions.image_id)
+        norms.add_sample(read[torch.searchsorted(needed, sample)])
         if len(rows):
-            features.append(record.features[rows].clone())
-            targets.append(encode_deltas(record.boxes[rows].double(), record.gt_boxes[gt].double()))
-            classes.append(record.gt_labels[gt])
+            features.append(read[torch.searchsorted(needed, rows)])
+            targets.append(encode_deltas(regions.boxes[rows].double(), regions.gt_boxes[gt].double()))
+            classes.append(regions.gt_labels[gt])
     if dim is None:
         raise TrainingError("no training record has any region")
     scale = norms.scale(config.target_norm)

@@ -175,8 +175,16 @@ class MeanNormEstimator:
 
     def add(self, features: Tensor) -> None:
         """Add a random sample of the rows of ``features [R, D]``."""
-        rows = torch.randperm(len(features), generator=self._generator)[: self.boxes_per_image]
-        norms = features[rows].double().norm(dim=1)
+        self.add_sample(features[self.draw(len(features))])
+
+    def draw(self, num_rows: int) -> Tensor:
+        """The next image's sample: row indices ``[min(R, boxes_per_image)]`` of its ``R`` regions
+        (they depend only on ``R`` and the draws so far, so a caller may compute just these rows)."""
+        return torch.randperm(num_rows, generator=self._generator)[: self.boxes_per_image]
+
+    def add_sample(self, sampled: Tensor) -> None:
+        """Add the features ``[n, D]`` of the rows :meth:`draw` returned, in that order."""
+        norms = sampled.double().norm(dim=1)
         self._sum += float(norms.sum())
         self._count += len(norms)
 
