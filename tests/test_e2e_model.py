@@ -10,7 +10,8 @@ import torch
 
 from nocdet.config import merge
 from nocdet.e2e.model import LOSS_NAMES, build_e2e_model
-from nocdet.e2e.roi_heads import Inference, NoCRoIHeads, RoIPooling, RoISampling
+from nocdet.e2e.roi_heads import NoCRoIHeads, RoIPooling, RoISampling
+from nocdet.postprocess import PostprocessConfig
 from nocdet.e2e.trunk import build_trunk
 from nocdet.errors import ConfigError, DataError
 from nocdet.experiment import BackboneConfig, ExperimentConfig, config_from_dict
@@ -94,7 +95,7 @@ P_000 = [200.0, 200.0, 300.0, 300.0]  # IoU 0
 def heads(bg_lo: float, fg_iou: float = 0.5, rois: int = 100, fg_fraction: float = 0.25) -> NoCRoIHeads:
     noc = NoCHead("fn+1", in_channels=4, roi_size=2, num_classes=K, box_regression=True)
     return NoCRoIHeads(noc, RoIPooling("max", 2, 1.0), RoISampling(rois, fg_fraction, fg_iou, bg_lo, 0.5),
-                       Inference())
+                       PostprocessConfig())
 
 
 def sampled(h: NoCRoIHeads, seed: int = 0) -> dict[tuple[float, ...], int]:

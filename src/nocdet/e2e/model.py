@@ -25,7 +25,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import clip_boxes_to_image
 
-from nocdet.e2e.roi_heads import Inference, NoCRoIHeads, RoIPooling, RoISampling
+from nocdet.e2e.roi_heads import NoCRoIHeads, RoIPooling, RoISampling
 from nocdet.e2e.trunk import build_trunk, stage_factory
 from nocdet.errors import ConfigError, DataError
 from nocdet.experiment import ExperimentConfig
@@ -196,10 +196,10 @@ def build_e2e_model(cfg: ExperimentConfig, num_classes: int, *, classes: Sequenc
     _freeze_unused(backbone, noc)
     pooling = RoIPooling(cfg.roi.pool, noc.roi_size, 1.0 / backbone.stride, cfg.roi.sampling_ratio,
                          cfg.roi.aligned)
-    s, t = cfg.sampling, cfg.test
+    s = cfg.sampling
     roi_heads = NoCRoIHeads(noc, pooling, RoISampling(s.rois_per_image, s.fg_fraction, s.fg_iou, s.bg_iou_lo,
                                                       s.bg_iou_hi),
-                            Inference(t.score_threshold, t.nms_iou, t.max_detections))
+                            cfg.test)
     transform = GeneralizedRCNNTransform(tuple(cfg.transform.min_size), cfg.transform.max_size,
                                          list(backbone.mean), list(backbone.std))
     return NoCFasterRCNN(transform, backbone, build_rpn(cfg, backbone.out_channels), roi_heads,

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
+from torchvision.ops import box_iou, roi_align, roi_pool
 
 from nocdet.boxes import END_TO_END_STDS
 from nocdet.noc.head import NoCHead
+from nocdet.postprocess import PostprocessConfig, select_detections
 
 BOX_WEIGHTS = tuple(1.0 / s for s in END_TO_END_STDS)  # (10, 10, 5, 5)
 
@@ -54,17 +55,10 @@ class RoIPooling:
         return roi_align(features, boxes, self.size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
 
-@dataclass(frozen=True)
-class Inference:
-    score_threshold: float = 0.05
-    nms_iou: float = 0.3
-    max_detections: int = 100
-
-
 class NoCRoIHeads(nn.Module):
     """Sampling, pooling, the NoC (with class-specific box deltas) and the post-processing."""
 
-    def __init__(self, noc: NoCHead, pooling: RoIPooling, sampling: RoISampling, inference: Inference):
+    def __init__(self, noc: NoCHead, pooling: RoIPooling, sampling: RoISampling, inference: PostprocessConfig):
         super().__init__()
         if noc.bbox_pred is None:
             raise ValueError("the end-to-end NoC needs its box regressor (box_regression=True)")
@@ -134,15 +128,8 @@ class NoCRoIHeads(nn.Module):
         boxes = self.box_coder.decode(out.deltas, proposals).reshape(-1, num_outputs, 4)
         counts = [len(p) for p in proposals]
         results = []
-        for image_boxes, image_scores, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
-            image_boxes = clip_boxes_to_image(image_boxes, size)[:, 1:].reshape(-1, 4)
-            labels = torch.arange(1, num_outputs, device=scores.device).repeat(len(image_scores))
-            image_scores = image_scores[:, 1:].reshape(-1)
-            keep = torch.where(image_scores > self.inference.score_threshold)[0]
-            image_boxes, image_scores, labels = image_boxes[keep], image_scores[keep], labels[keep]
-            keep = remove_small_boxes(image_boxes, 1e-2)
-            image_boxes, image_scores, labels = image_boxes[keep], image_scores[keep], labels[keep]
-            keep = batched_nms(image_boxes, image_scores, labels, self.inference.nms_iou)
-            keep = keep[: self.inference.max_detections]
-            results.append({"boxes": image_boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
+        for image_boxes, image_scores, (height, width) in zip(boxes.split(counts), scores.split(counts), image_sizes):
+            kept_boxes, kept_scores, labels = select_detections(image_boxes[:, 1:], image_scores[:, 1:], width,
+                                                                height, self.inference)
+            results.append({"boxes": kept_boxes, "labels": labels, "scores": kept_scores})
         return results
