@@ -27,6 +27,7 @@ from nocdet.features.pyramid import pyramid_scale_factors
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
+from nocdet.data.images import unit_tensor
 from nocdet.postprocess import PostprocessConfig, detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
@@ -130,8 +131,7 @@ class FrozenNoCDetector:
         regressor, or as given); see :class:`RegionScorer`."""
         array = as_rgb_array(image)
         region_boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-        x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
-        x = self.backbone.normalize(x).to(self.device)
+        x = self.backbone.normalize(unit_tensor(array)).to(self.device)
         pooled, _, best = pool_regions(self.backbone, x, region_boxes.to(self.device),
                                        self.pyramid_settings(array.shape[1], array.shape[0]),
                                        self.backbone.roi_size)

@@ -198,3 +198,11 @@ def _upright(img: Image.Image, orientation: int) -> Image.Image:
 
 def _as_array(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def unit_tensor(array: np.ndarray):
+    """An ``[H, W, 3]`` uint8 RGB array as a ``[3, H, W]`` float32 tensor in [0, 1] (a copy): the
+    one conversion every detector input starts from."""
+    import torch
+
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float().div_(255.0)

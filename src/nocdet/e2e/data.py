@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nocdet.data.images import load_image
+from nocdet.data.images import load_image, unit_tensor
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.errors import ConfigError, DataError
 
@@ -78,7 +78,7 @@ class DetectionImages(torch.utils.data.Dataset):
         if flipped:
             pixels = pixels[:, ::-1]
             sample = sample.flipped()
-        image = torch.from_numpy(np.array(pixels, copy=True)).permute(2, 0, 1).float().div_(255.0)
+        image = unit_tensor(pixels)
         return image, sample_target(sample, drop_difficult=self.drop_difficult)
 
 

@@ -77,7 +77,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from nocdet.caches import format_bytes
-from nocdet.data.images import load_image
+from nocdet.data.images import load_image, unit_tensor
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.errors import ConfigError, DataError, NocdetError
 from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, link_maps, map_bytes, open_maps
@@ -274,7 +274,7 @@ def image_tensor(path: Path, mean: Sequence[float], std: Sequence[float], flip: 
     array = load_image(path)
     if flip:
         array = array[:, ::-1]
-    x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float() / 255.0
+    x = unit_tensor(array)
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
