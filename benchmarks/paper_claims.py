@@ -253,10 +253,11 @@ def run_row(row: Row, ds: DataSet, seed: int, args: argparse.Namespace) -> dict 
     """Train and evaluate one (data set, row, seed) unless its result is stored for the same config;
     returns the result (None: stopped by a signal, the run folder keeps its checkpoint)."""
     from nocdet.run_folder import prepare_run_folder
-    from nocdet.runs import load_any_experiment, load_data, run_experiment
+    from nocdet.experiment import load_experiment
+    from nocdet.runs import load_data, run_experiment
 
     config, sets = row_overrides(row, ds, args.data, args.quick, args.out / "cache" / ds.name, seed)
-    base = load_any_experiment(config, sets)
+    base = load_experiment(config, sets)
     data = load_data(base)
     e2e = base.setting == "e2e"
     epochs = args.e2e_epochs if e2e else args.epochs
@@ -264,7 +265,7 @@ def run_row(row: Row, ds: DataSet, seed: int, args: argparse.Namespace) -> dict 
     per_batch = base.solver.images_per_batch if e2e else base.sampling.images_per_batch
     iterations = 0 if base.solver.iterations == 0 else \
         iterations_for(epochs, len(data.train.samples), per_batch, flipped)
-    cfg = load_any_experiment(config, sets + (schedule_overrides(iterations, e2e) if iterations else []))
+    cfg = load_experiment(config, sets + (schedule_overrides(iterations, e2e) if iterations else []))
     key = digest(cfg)
     result_file = args.out / "results" / ds.name / row.key / f"seed{seed}.json"
     if result_file.is_file():
@@ -276,7 +277,7 @@ def run_row(row: Row, ds: DataSet, seed: int, args: argparse.Namespace) -> dict 
     run_dir = args.out / "runs" / ds.name / row.key / f"seed{seed}"
     saved = run_dir / "config.yaml"
     resume = (run_dir / "train" / "checkpoint.pt").is_file() and saved.is_file() and \
-        digest(load_any_experiment(saved)) == key
+        digest(load_experiment(saved)) == key
     prepare_run_folder(run_dir, resume=resume, overwrite=not resume)
     print(f"{'resume' if resume else 'run'} {ds.name} {row.key} seed {seed}: {iterations} iterations "
           f"({epochs} epochs of {len(data.train.samples)} images)", flush=True)
@@ -383,10 +384,10 @@ def claim_cell(results: dict[str, list[dict]], comparisons: list) -> tuple[str, 
 def finetune_reason(ds: DataSet) -> str:
     """Why Table 4's fine-tuned rows do not apply: the config check's own words."""
     from nocdet.errors import ConfigError
-    from nocdet.runs import load_any_experiment
+    from nocdet.experiment import load_experiment
 
     try:
-        load_any_experiment(ds.zf_config, ["noc.init=finetune"])
+        load_experiment(ds.zf_config, ["noc.init=finetune"])
     except ConfigError as err:
         return f"not applicable: {err}"
     return "applicable (not run by this script)"

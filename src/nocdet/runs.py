@@ -1,17 +1,12 @@
 """Experiments of either setting behind one entry point: ``nocdet train`` and ``nocdet sweep`` load
-a config file (its ``setting``: frozen or e2e) and run it into a run folder, without caring which."""
+a config file (:func:`nocdet.experiment.load_experiment`; its ``setting``: frozen or e2e) and run it
+into a run folder, without caring which."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from nocdet.devices import require_device
-from nocdet.experiment import ExperimentConfig, ExperimentData, load_experiment, load_experiment_data
-
-
-def load_any_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The config of ``path``, either setting (``setting: e2e`` is end to end, paper Sec. 4)."""
-    return load_experiment(path, overrides)
+from nocdet.experiment import ExperimentConfig, ExperimentData, load_experiment_data
 
 
 def load_data(cfg: ExperimentConfig) -> ExperimentData:

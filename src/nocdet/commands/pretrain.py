@@ -57,11 +57,11 @@ def _train_split(args: argparse.Namespace) -> tuple[DetectionDataset, str, dict]
     """The data set to cut crops from, and the backbone name and options to pre-train."""
     from nocdet.config import apply_overrides
     from nocdet.experiment import DataConfig, load_splits, split_name
-    from nocdet.runs import load_any_experiment
+    from nocdet.experiment import load_experiment
 
     backbone, options = args.backbone or "small-zf", {}
     if args.config is not None:
-        cfg = load_any_experiment(args.config)
+        cfg = load_experiment(args.config)
         data = cfg.data
         splits = list(data.train)
         if args.backbone is None and cfg.setting == "frozen":  # frozen setting: its small backbone

@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """Train and evaluate every design into ``args.output/<slug>``, then write the tables."""
     from nocdet.run_folder import prepare_run_folder
-    from nocdet.runs import load_any_experiment, run_experiment
+    from nocdet.experiment import load_experiment
+    from nocdet.runs import run_experiment
     from nocdet.viz.plots import plot_ap_comparison
 
-    load_any_experiment(args.config, overrides)  # a bad config stops the sweep before any run
+    load_experiment(args.config, overrides)  # a bad config stops the sweep before any run
     rows, per_class = [], {}
     for spec in args.noc:
-        cfg = load_any_experiment(args.config, [*overrides, f"noc.spec={spec}"])
+        cfg = load_experiment(args.config, [*overrides, f"noc.spec={spec}"])
         run_dir = prepare_run_folder(args.output / slug(spec))
         print(f"== {spec} -> {run_dir}")
         metrics = run_experiment(cfg, run_dir, progress=not args.no_progress)

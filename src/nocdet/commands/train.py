@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from nocdet.devices import require_device
     from nocdet.run_folder import check_resume_config, check_run_folder, lock_run_folder, prepare_run_folder
-    from nocdet.runs import load_any_experiment, load_data, run_experiment
+    from nocdet.experiment import load_experiment
+    from nocdet.runs import load_data, run_experiment
 
     # end-to-end Faster R-CNN (Sec. 4; possibly one rank of torchrun) or frozen features (Sec. 3)
-    cfg = load_any_experiment(args.config, resolve_overrides(args))
+    cfg = load_experiment(args.config, resolve_overrides(args))
     out = args.output or Path("runs") / cfg.name
     require_device(cfg.device)  # before the folder is made: a refused run leaves nothing behind
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns (checks, locks) the folder

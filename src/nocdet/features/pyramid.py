@@ -194,7 +194,8 @@ def _vectorised(fmap: Tensor, mode: str) -> bool:
 
     Only on one torch thread: there it measured 1.5-2.3x faster than torchvision's kernel; with
     more threads on a shared (oversubscribed) machine its many OpenMP regions measured far
-    slower than torchvision's single-threaded chunks on Python threads (benchmarks/RESULTS.md).
+    slower than torchvision's single-threaded chunks on Python threads (Dec 3 2026, 2-core VM;
+    ``benchmarks/bench_noc.py --threads 1`` prints the pooling ratios).
     It records no gradient equal to torchvision's, so maps that need gradients keep
     torchvision's op, as do GPU maps.
     """

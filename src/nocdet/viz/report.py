@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -499,23 +499,25 @@ def _per_class_section(runs: Sequence[Run], tmp: Path) -> str:
                     "of that class); bold marks the best run.", body)
 
 
+def _per_run(runs: Sequence[Run], render: Callable[[int, Run], str]) -> str:
+    """``render(k, run)`` of every run whose test set could be read, a note for the others."""
+    return "".join(render(k, run) if run.dataset is not None else _note(f"{run.name}: {run.data_note}")
+                   for k, run in enumerate(runs))
+
+
 def _pr_section(runs: Sequence[Run], tmp: Path) -> str:
-    parts = []
-    for k, run in enumerate(runs):
-        if run.dataset is None:
-            parts.append(_note(f"{run.name}: {run.data_note}"))
-            continue
+    def render(k: int, run: Run) -> str:
         evaluation = voc07_eval(run)
         recorded = _metric(run, "voc07", "mAP")
+        stale = ""
         if recorded is not None and evaluation.mAP is not None and abs(evaluation.mAP - recorded) > 1e-6:
-            parts.append(_note(f"{run.name}: the result files give VOC07 mAP {100 * evaluation.mAP:.2f}, "
-                               f"metrics.json says {100 * recorded:.2f}; the files may be newer than "
-                               "the metrics"))
+            stale = _note(f"{run.name}: the result files give VOC07 mAP {100 * evaluation.mAP:.2f}, "
+                          f"metrics.json says {100 * recorded:.2f}; the files may be newer than the metrics")
         plots.plot_pr_curves(evaluation, tmp / f"pr{k}.png")
-        parts.append(f"<h3>{_e(run.name)}</h3>"
-                     + _img(_png_uri(tmp / f"pr{k}.png"), f"PR curves of {run.name}"))
+        return stale + f"<h3>{_e(run.name)}</h3>" + _img(_png_uri(tmp / f"pr{k}.png"), f"PR curves of {run.name}")
+
     return _section("Precision-recall curves", "Precision against recall for each class, detections "
-                    "ranked by score (VOC devkit matching at IoU 0.5).", "".join(parts))
+                    "ranked by score (VOC devkit matching at IoU 0.5).", _per_run(runs, render))
 
 
 def _diagnosis_of(run: Run) -> Diagnosis | None:
@@ -531,11 +533,7 @@ def _diagnosis_of(run: Run) -> Diagnosis | None:
 
 
 def _threshold_section(runs: Sequence[Run], tmp: Path) -> str:
-    parts = []
-    for k, run in enumerate(runs):
-        if run.dataset is None:
-            parts.append(_note(f"{run.name}: {run.data_note}"))
-            continue
+    def render(k: int, run: Run) -> str:
         analysis = threshold_analysis(run)
         plots.plot_threshold_curve(analysis.curve, tmp / f"threshold{k}.png")
         plots.plot_confusion(analysis.confusion, run.dataset.classes, tmp / f"confusion{k}.png", analysis.threshold)
@@ -544,14 +542,15 @@ def _threshold_section(runs: Sequence[Run], tmp: Path) -> str:
                 f"{100 * curve.precision[curve.best]:.1f}%, recall {100 * curve.recall[curve.best]:.1f}%): "
                 f"nocdet detect --threshold {analysis.threshold:.2f}" if len(curve.thresholds)
                 else "no detections")
-        parts.append(f"<h3>{_e(run.name)}</h3><p>{_e(best)}</p>"
-                     + _img(_png_uri(tmp / f"threshold{k}.png"), f"precision, recall and F1 of {run.name}")
-                     + _img(_png_uri(tmp / f"confusion{k}.png"), f"confusion matrix of {run.name}"))
+        return (f"<h3>{_e(run.name)}</h3><p>{_e(best)}</p>"
+                + _img(_png_uri(tmp / f"threshold{k}.png"), f"precision, recall and F1 of {run.name}")
+                + _img(_png_uri(tmp / f"confusion{k}.png"), f"confusion matrix of {run.name}"))
+
     return _section("Score threshold", "Precision, recall and F1 of all classes together when only "
                     "detections scoring at least the threshold are kept (what nocdet detect --threshold "
                     "does), and the confusion matrix at the threshold of the best F1: rows are the true "
                     "classes (background: a detection on no object or a duplicate), columns the detected "
-                    "ones (missed: an object nothing found).", "".join(parts))
+                    "ones (missed: an object nothing found).", _per_run(runs, render))
 
 
 def _diagnosis_section(runs: Sequence[Run], tmp: Path) -> str:
