@@ -259,3 +259,25 @@ def test_build_backbone_option_errors():
     assert set(BACKBONE_NAMES) == {"zf", "vgg16", "vgg19", "resnet50", "resnet101", "googlenet",
                                    "small-zf", "small-resnet", "efficientnet-lite0", "efficientnet-lite1",
                                    "efficientnet-lite2"}
+
+
+@pytest.mark.parametrize("name, options", [("small-zf", {}), ("zf", {}), ("resnet50", {"upto": "res4"}),
+                                           ("googlenet", {"upto": "inc4d"}), ("small-resnet", {}),
+                                           ("efficientnet-lite0", {"upto": "eff6"})])
+def test_backbones_run_channels_last_with_the_nchw_result(name, options):
+    """build_backbone stores conv weights channels-last (the faster layout on the CPU, measured by
+    benchmarks/bench_layout.py) and returns a plain contiguous map equal to the NCHW net's."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, "random", **options).eval()
+    assert backbone.channels_last
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    image = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        fast = backbone(image)
+        backbone.use_channels_last(False)
+        assert not any(c.weight.is_contiguous(memory_format=torch.channels_last)
+                       and not c.weight.is_contiguous() for c in convs)
+        plain = backbone(image)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item())

@@ -21,6 +21,8 @@ EXPECTED = {
                      r"ours / torchvision train speed: [\d.]+  (PASS|MISS)"],
     "bench_frozen.py": [r"speed-up of the cache, .+: [\d.]+x  (PASS|MISS)",
                         r"own memory at 2x the images: x[\d.]+  (PASS|MISS)"],
+    "bench_layout.py": [r"efficientnet-lite0 infer +channels_last .+x .+  (PASS|MISS)",
+                        r"demo NoC train +NCHW .+x .+  (PASS|MISS)"],
     "bench_load.py": [r"detect: PASS: finished and reported exactly the unreadable files",
                       r"large images: PASS: detect's memory grew by"],
 }

@@ -1,4 +1,6 @@
 """NoCHead: shapes, parameter counts by hand, maxout weight sharing, stage NoCs."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -279,3 +281,20 @@ def test_stage_from_torchvision_copies_pretrained_blocks():
         expected = resnet.layer4(x).mean(dim=(2, 3))
         torch.testing.assert_close(head(x).features, expected)
     assert head.blocks[0][0][0].conv1.weight is not resnet.layer4[0].conv1.weight  # a copy
+
+
+@pytest.mark.parametrize("spec", ["c32-c32-f64-f5", "c32-mo-c32-f64-f5", "f64-f5"])
+def test_channels_last_noc_gives_the_nchw_outputs_and_gradients(spec):
+    """NoCHead.use_channels_last only changes the conv layers' memory layout: logits and gradients
+    equal the default NCHW head's to float rounding."""
+    torch.manual_seed(0)
+    plain = NoCHead(spec, 16, 5)
+    fast = copy.deepcopy(plain).use_channels_last()
+    xs = [torch.randn(7, 16, 5, 5) for _ in range(plain.num_pathways)]
+    inputs = xs if plain.is_maxout else xs[0]
+    out_plain, out_fast = plain(inputs).logits, fast(inputs).logits
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-6)
+    out_plain.square().sum().backward()
+    out_fast.square().sum().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -76,13 +76,26 @@ class Backbone(nn.Module):
         self._stage_blocks: dict[str, tuple[tuple[str, ...], int, int]] = {}
         self._no_stage_reason = f"backbone {name!r} has no blocks to reuse as a convolutional NoC"
         self._frozen_modules: list[nn.Module] = []
+        self.channels_last = False
 
     def forward(self, images: Tensor) -> Tensor:
-        """The shared conv feature map of normalised images ``[B, 3, H, W]``."""
-        x = images
+        """The shared conv feature map of normalised images ``[B, 3, H, W]`` (plain contiguous)."""
+        x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return self.trunk_forward(x).contiguous()
+
+    def trunk_forward(self, x: Tensor) -> Tensor:
+        """The trunk on ``x`` in whatever memory layout it comes: the ``_trunk`` modules in order."""
         for name in self._trunk:
             x = getattr(self, name)(x)
         return x
+
+    def use_channels_last(self, enabled: bool = True) -> Backbone:
+        """Run the trunk in the channels-last (NHWC) layout: conv weights and the input are stored
+        channels-last, the output map is returned plain contiguous. :func:`build_backbone` turns it
+        on: every backbone measured faster so on the CPU, in inference and in training, with outputs
+        equal to float rounding (benchmarks/RESULTS.md, "channels_last"). Returns self."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def normalize(self, images: Tensor) -> Tensor:
         """RGB images in [0, 1], ``[..., 3, H, W]``, normalised as this backbone expects."""

@@ -311,7 +311,7 @@ class EfficientNetLiteBackbone(Backbone):
                               f"got {frozen_stages}")
         self._freeze_modules([m for group in stages[:frozen_stages] for m in group])
 
-    def forward(self, images: Tensor) -> Tensor:
+    def trunk_forward(self, images: Tensor) -> Tensor:
         """The shared conv map of normalised images, padded at the bottom/right to a multiple of 32."""
         x = F.relu6(conv_bn(self._conv_stem, self._bn0, pad_to_multiple(images, SIZE_DIVISOR)), inplace=True)
         for block in self._blocks[:self._trunk_blocks]:

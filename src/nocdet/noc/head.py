@@ -112,6 +112,13 @@ class NoCHead(nn.Module):
         self.feature_dim = self.cls_score.in_features
         self.num_outputs = self.cls_score.out_features
         self.bbox_pred = nn.Linear(self.feature_dim, 4 * self.num_outputs) if box_regression else None
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> NoCHead:
+        """Run the conv layers in the channels-last (NHWC) layout (their weights and the pooled
+        input); fc layers are unaffected and outputs equal to float rounding. Returns self."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     @staticmethod
     def _build(layer: LayerSpec, shape: tuple[int, ...], next_layer: LayerSpec, factory: StageFactory,
@@ -192,6 +199,8 @@ class NoCHead(nn.Module):
         xs = self._inputs(x)
         regions = xs[0].shape[0]
         h = torch.cat(xs) if len(xs) == 2 else xs[0]
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         for j, block in enumerate(self.blocks):
             if j == self._merge_at:
                 h = _maxout(h, regions)
