@@ -482,6 +482,6 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert not (tmp_path / "train" / "final.pt").exists()
 
 
-def test_amp_needs_cuda(data, tmp_path):
+def test_float16_amp_needs_cuda(data, tmp_path):
     with pytest.raises(ConfigError, match="CUDA"):
-        train_detector(TinyDetector(), data, tmp_path, quick_solver(amp="bfloat16"), progress=False)
+        train_detector(TinyDetector(), data, tmp_path, quick_solver(amp="float16"), progress=False)

@@ -36,7 +36,7 @@ from nocdet.noc.spec import parse_noc
 from nocdet.postprocess import PostprocessConfig
 from nocdet.training.bbox_regression import BoxRegressionConfig
 from nocdet.training.roi_sampler import SamplingConfig
-from nocdet.training.solver_config import SolverConfig
+from nocdet.training.solver_config import SolverConfig, autocast_dtype
 from nocdet.training.svm import SVMConfig
 
 SETTINGS = ("frozen", "e2e")
@@ -180,6 +180,7 @@ class ExperimentConfig:
         if not self.data.train:
             raise ConfigError("data.train lists no split")
         check_device_name(self.device)
+        autocast_dtype(self.solver.amp, self.device)
         s = self.sampling
         if not s.bg_iou_lo < s.bg_iou_hi <= s.fg_iou:
             raise ConfigError(f"sampling: the background band [bg_iou_lo, bg_iou_hi) = [{s.bg_iou_lo}, "

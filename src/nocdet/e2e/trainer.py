@@ -74,7 +74,7 @@ from nocdet.e2e.solver import build_optimizer, learning_rate
 from nocdet.errors import ConfigError
 from nocdet.training import engine
 from nocdet.training.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nocdet.training.solver_config import SolverConfig
+from nocdet.training.solver_config import SolverConfig, autocast_dtype
 from nocdet.training.tracking import Best, tracking_hooks
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -259,8 +259,7 @@ def train_detector(model: nn.Module, train: DetectionDataset, run_dir: str | Pat
 def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: SolverConfig,
            val: DetectionDataset | None, evaluate: Callable | None, resume: bool, dev: torch.device, seed: int,
            progress: bool, extra_state: dict[str, Any], stop: StopSignals, world: _World) -> TrainResult:
-    if solver.amp != "none" and dev.type != "cuda":
-        raise ConfigError(f"solver.amp={solver.amp} needs a CUDA device (device is {dev})")
+    autocast_to = autocast_dtype(solver.amp, str(dev))
     out = run_dir / "train"
     ckpt_path, final_path = out / "checkpoint.pt", out / "final.pt"
     if world.main:
@@ -282,14 +281,13 @@ def _train(model: nn.Module, train: DetectionDataset, run_dir: Path, solver: Sol
         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(seed))  # keeps global RNG untouched
     batches: Iterator[Batch] | None = None  # opened at the first step, after a resume restored the sampler
     stopping: str | None = None  # the stop agreed by all processes at the latest step
-    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(solver.amp)
 
     def step(_iteration: int) -> dict[str, float]:
         nonlocal batches, stopping
         if batches is None:
             batches = iter(loader)
         images, targets = _to_device(next(batches), dev)
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(dev.type, dtype=autocast_to, enabled=autocast_to is not None):
             losses = net(images, targets)
         # one reduction per iteration: the losses for the log and the NaN check, and the stop
         # flag, so that every process stops at the same iteration

@@ -23,7 +23,7 @@ from nocdet.training import engine
 from nocdet.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nocdet.training.roi_sampler import Pathways, RoIBatch, RoISampler, SamplingConfig
 from nocdet.training.schedules import step_lr
-from nocdet.training.solver_config import SolverConfig
+from nocdet.training.solver_config import SolverConfig, autocast_dtype
 from nocdet.training.tracking import Best, tracking_hooks
 
 
@@ -43,10 +43,13 @@ def learning_rate(config: SolverConfig, iteration: int) -> float:
     return step_lr(config.lr, iteration, config.lr_steps, config.lr_gamma)
 
 
-def _forward_loss(head: torch.nn.Module, batch: RoIBatch) -> torch.Tensor:
+def _forward_loss(head: torch.nn.Module, batch: RoIBatch, autocast_to: torch.dtype | None = None) -> torch.Tensor:
+    """The softmax loss of ``batch``; its forward pass autocast to ``autocast_to`` (None: fp32)."""
     device = next(head.parameters()).device
     inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
-    return F.cross_entropy(head(inputs if len(inputs) == 2 else inputs[0]).logits, batch.labels.to(device))
+    with torch.autocast(device.type, dtype=autocast_to, enabled=autocast_to is not None):
+        logits = head(inputs if len(inputs) == 2 else inputs[0]).logits
+    return F.cross_entropy(logits.float(), batch.labels.to(device))
 
 
 @torch.no_grad()
@@ -75,9 +78,10 @@ def train_noc(head: torch.nn.Module, train_cache: RoIFeatureCache, out_dir: str 
     sampler = RoISampler(train_cache, sampling, seed, pathways)
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    autocast_to = autocast_dtype(solver.amp, str(next(head.parameters()).device))
 
     def step(_iteration: int) -> dict[str, float]:
-        loss = _forward_loss(head, sampler.next())
+        loss = _forward_loss(head, sampler.next(), autocast_to)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,9 +16,13 @@ whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nocdet.config import bounded, only_in
+from nocdet.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 @dataclass
 class SolverConfig:
@@ -50,8 +54,10 @@ class SolverConfig:
     warmup_factor: float = only_in("e2e", 1.0 / 3.0, gt=0, le=1)
     clip_grad_norm: float | None = only_in("e2e", None, gt=0)
     """Clip the global gradient norm to this value (None = no clipping)."""
-    amp: Literal["none", "bfloat16", "float16"] = only_in("e2e", "none")
-    """Mixed precision on CUDA: autocast to this type; float16 also uses a gradient scaler."""
+    amp: Literal["none", "bfloat16", "float16"] = "none"
+    """Mixed precision: the training forward pass autocast to this type, weights and SGD in fp32
+    (:func:`autocast_dtype`); float16 (CUDA only) also uses a gradient scaler. bfloat16 on the CPU
+    pays where the CPU has native bf16 (AVX512-BF16, AMX). Validation and test stay fp32."""
     flip: bool = only_in("e2e", True)
     """Random horizontal flips (probability 0.5, seeded per epoch and image); frozen: ``pyramid.flip``."""
     aspect_ratio_grouping: bool = only_in("e2e", True)
@@ -63,3 +69,16 @@ class SolverConfig:
     ddp_find_unused_parameters: bool = only_in("e2e", False)
     """Passed to DistributedDataParallel; set it when some parameters get no gradient."""
 
+
+
+def autocast_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast type of ``solver.amp`` on ``device`` ("cpu", "cuda", "cuda:N"; None: fp32);
+    float16 needs CUDA."""
+    if amp == "float16" and not device.startswith("cuda"):
+        raise ConfigError(f"solver.amp=float16 needs a CUDA device (device is {device}); "
+                          "on the CPU use solver.amp=bfloat16")
+    if amp == "none":
+        return None
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
