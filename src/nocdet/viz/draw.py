@@ -2,7 +2,8 @@
 
 Detections are solid boxes in their class colour with a filled label ``"name 0.93"``; ground
 truth is a dashed box in the class colour alternating with white (grey and white for difficult
-objects), so it stays visible on any background and never looks like a detection.
+objects), so it stays visible on any background and never looks like a detection, with its class
+name on a white tag framed in that colour (no score: a detection's tag is filled).
 
 Labels stay readable on any image size: an image whose longer side is below ``min_side`` is
 enlarged by a whole factor (nearest neighbour, pixels stay sharp) before drawing, and the font
@@ -10,7 +11,8 @@ size and line width grow with the picture. The returned picture is therefore ``s
 the input, with ``scale = picture.width / image.shape[1]``.
 
 Tags never leave the picture and do not cover each other where there is room
-(:func:`place_labels`); boxes are drawn first, tags over them.
+(:func:`place_labels`: the detections' tags first, highest score first, then the ground truth's);
+boxes are drawn first, tags over them.
 """
 from __future__ import annotations
 
@@ -64,10 +66,11 @@ def draw_detections(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
-    bad = (detections.labels < 1) | (detections.labels > len(classes))
-    if bad.any():
-        raise ValueError(f"detections of {detections.image_id}: label {int(detections.labels[bad][0])} "
-                         f"outside 1..{len(classes)}")
+    truth = gt if gt is not None else Sample(detections.image_id, "", width, height)  # no boxes
+    for what, labels in (("detections", detections.labels), ("ground truth", truth.labels)):
+        bad = [int(v) for v in labels if not 1 <= v <= len(classes)]
+        if bad:
+            raise ValueError(f"{what} of {detections.image_id}: label {bad[0]} outside 1..{len(classes)}")
     scale = max(1, math.ceil(min_side / max(width, height)))
     picture = Image.fromarray(image, "RGB")
     if scale > 1:
@@ -78,20 +81,26 @@ def draw_detections(
     colours = class_colours(len(classes))
     draw = ImageDraw.Draw(picture)
 
-    if gt is not None:
-        for box, label, difficult in zip(gt.boxes, gt.labels, gt.difficult):
-            colour = _DIFFICULT if difficult else colours[int(label) - 1]
-            _dashed_rectangle(draw, box * scale, colour, line, dash=4 * line)
+    gt_colours = [_DIFFICULT if difficult else colours[int(label) - 1]
+                  for label, difficult in zip(truth.labels, truth.difficult)]
+    for box, colour in zip(truth.boxes, gt_colours):
+        _dashed_rectangle(draw, box * scale, colour, line, dash=4 * line)
 
     keep = np.flatnonzero(detections.scores >= threshold)
     keep = keep[np.argsort(detections.scores[keep], kind="stable")]
     texts = [f"{classes[int(detections.labels[k]) - 1]} {detections.scores[k]:.2f}" for k in keep]
+    gt_texts = [classes[int(label) - 1] for label in truth.labels]
     sizes = [_tag_size(draw, text, font) for text in texts]
-    # places are chosen from the highest score down, so the best detections get the best places
-    places = place_labels(detections.boxes[keep[::-1]] * scale, sizes[::-1], picture.size)[::-1]
+    # places are chosen from the highest score down, so the best detections get the best places,
+    # then the ground truth's tags where no detection's lies
+    places = place_labels(np.concatenate([detections.boxes[keep[::-1]], truth.boxes]) * scale,
+                          sizes[::-1] + [_tag_size(draw, text, font) for text in gt_texts], picture.size)
+    places, gt_places = places[:len(keep)][::-1], places[len(keep):]
     for k in keep:
         draw.rectangle(_pixel_box(detections.boxes[k] * scale), outline=colours[int(detections.labels[k]) - 1],
                        width=line)
+    for text, place, colour in zip(gt_texts, gt_places, gt_colours):
+        _label(draw, place, text, colour, font, frame=line)
     for k, text, place in zip(keep, texts, places):
         _label(draw, place, text, colours[int(detections.labels[k]) - 1], font)
     return picture
@@ -163,12 +172,18 @@ def place_labels(boxes: np.ndarray, sizes: Sequence[tuple[int, int]], picture: t
 
 
 def _label(draw: ImageDraw.ImageDraw, place: tuple[float, float, float, float], text: str,
-           colour: tuple[int, int, int], font: ImageFont.FreeTypeFont) -> None:
-    """A filled tag with ``text`` in the rectangle ``place`` (from :func:`place_labels`)."""
+           colour: tuple[int, int, int], font: ImageFont.FreeTypeFont, frame: int = 0) -> None:
+    """A tag with ``text`` in the rectangle ``place`` (from :func:`place_labels`): filled with
+    ``colour`` (a detection's), or with ``frame`` > 0 white in a ``frame``-pixel border of ``colour``
+    with black text (a ground-truth box's)."""
     left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(2, round((bottom - top) * 0.2))
     x, y, x2, y2 = place
-    draw.rectangle([x, y, x2 - 1, y2 - 1], fill=colour)
-    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-    ink = (0, 0, 0) if luminance > 150 else _WHITE
+    if frame:
+        draw.rectangle([x, y, x2 - 1, y2 - 1], fill=_WHITE, outline=colour, width=min(frame, pad))
+        ink = (0, 0, 0)
+    else:
+        draw.rectangle([x, y, x2 - 1, y2 - 1], fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        ink = (0, 0, 0) if luminance > 150 else _WHITE
     draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)

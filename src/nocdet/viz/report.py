@@ -617,9 +617,10 @@ def _samples_section(runs: Sequence[Run], count: int) -> str:
                                "</figcaption></figure>")
             prefix = f"{run.name}: " if len(runs) > 1 else ""
             parts.append(f"<h3>{_e(prefix + title)} images</h3><div class=\"grid\">{''.join(figures)}</div>")
-    return _section("Sample detections", f"Detections scoring at least {SAMPLE_THRESHOLD} (solid, with "
-                    "score) and ground truth (dashed; grey = difficult) on the test images with the "
-                    "highest F-score and with the most errors.", "".join(parts))
+    return _section("Sample detections", f"Detections scoring at least {SAMPLE_THRESHOLD} (solid box, "
+                    "filled tag with class and score) and ground truth (dashed box, white tag with the class; "
+                    "grey = difficult) on the test images with the highest F-score and with the most errors.",
+                    "".join(parts))
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None,
