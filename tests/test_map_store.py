@@ -204,7 +204,7 @@ def test_config_cache_option(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(frozen_pipeline, "proposals_for", lambda *args: {})
     monkeypatch.setattr(frozen_pipeline, "build_cache", lambda *args, **kw: seen.setdefault("settings", args[5]))
-    monkeypatch.setattr(frozen_pipeline, "open_cache", lambda folder: folder)
+    monkeypatch.setattr(frozen_pipeline, "open_cache", lambda folder, *rest: folder)
     cfg = load_config(ExperimentConfig, None, ["pyramid.cache=maps", f"cache_dir={tmp_path}"])
     frozen_pipeline.extract(cfg, FixedTrunk(), None, "train", True, False)
     assert seen["settings"].store == "maps"

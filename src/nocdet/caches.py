@@ -3,7 +3,8 @@
 A root holds two kinds of entries, one folder each:
 
 * ``roi_features/<key>/``: an RoI feature cache (:mod:`nocdet.features.roi_cache`), described by
-  its ``settings.json`` (backbone, pyramid scales, store, data set split);
+  its ``settings.json`` (backbone, pyramid scales, store, the data set split that built it; keyed
+  by image content, it serves every reading of those images);
 * ``proposals/selective_search-<digest>/``: Selective Search boxes per image
   (:class:`nocdet.proposals.selective_search.ProposalCache`), described by its ``settings.json``.
 
@@ -93,7 +94,9 @@ def _read_settings(folder: Path) -> dict | None:
 
 
 def _describe_features(folder: Path) -> tuple[str, bool]:
-    """"<backbone> scales <s1,s2,...> <store> store <data set split>" and whether every shard finished."""
+    """"<backbone> scales <s1,s2,...> <store> store <data set split>" (the split that built it; a
+    cache of format 1, keyed by image ids, is said to be no longer read) and whether every shard
+    finished."""
     settings = _read_settings(folder)
     if settings is None:
         return "RoI features (no settings.json: unfinished)", False
@@ -101,6 +104,8 @@ def _describe_features(folder: Path) -> tuple[str, bool]:
     scales = ",".join(str(s) for s in extraction.get("scales", []))
     text = (f"{settings.get('backbone', '?')} scales {scales} {extraction.get('store', 'pooled')} store "
             f"{settings.get('dataset', '?')}")
+    if settings.get("format", 1) < 2:
+        text += " [format 1 of an older nocdet, keyed by image ids: no longer read, remove it]"
     done = [p.name for p in folder.glob("shard-*-of-*.done.json")]
     world = int(done[0].split("-of-")[1].split(".")[0]) if done else 0
     return text, bool(done) and len(done) == world

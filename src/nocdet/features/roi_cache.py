@@ -18,15 +18,27 @@ keeps each image's conv maps at every pyramid level instead (SPPnet's cache; ZF,
 (:mod:`nocdet.features.map_store`, same pooling function: identical features for max pooling).
 Either way ``CacheShard.features`` reads as an ``[N, P, C, m, m]`` float16 array.
 
-Layout of a cache folder ``<root>/<key>/`` (``key`` = hash of everything that determines the
-content: backbone and weights, scales, pooling, store, proposals, images and annotations)::
+Key: a cache folder ``<root>/<key>/`` is named by a hash of everything that determines its
+content and of nothing else: the backbone and its weights, the settings, the class names and,
+per image, an *image record* (:func:`image_records`): the BLAKE2b hash of the image file's bytes
+(the proposal cache's :func:`~nocdet.proposals.selective_search.image_fingerprint`), its size,
+its boxes, labels and difficult flags and its proposals, in canonical dtypes. Image ids, paths
+and the order of the images are not in the key, so two readings of the same images (a VOC folder
+and its COCO JSON, whose ids are "000005" and 5) find one cache. The shards store each entry's
+record; :func:`open_cache` given a data set and its proposals names the entries by that data
+set's image ids, matched by record. Caches of format 1 (keyed by ids, paths and modification
+times, before this key) are never found by :func:`build_cache`; :func:`open_cache` refuses to
+match them to a data set, and ``nocdet cache ls`` lists them as such, to be removed.
+
+Layout of a cache folder::
 
     shard-<k>-of-<n>/features.npy    float16 [N, P, C, m, m]   (memory-mapped; store "pooled")
                      maps.npy        float16 [M], every image's pyramid maps, flat (store "maps")
                      maps-index.npz  per image and level: offset, C, H, W, resize factor (store "maps")
                      regions.npz     boxes [N,4], image [N], levels [N,P], best [N], is_gt [N],
                                      overlap [N], label [N], target [N,4]
-                     images.json     the shard's image ids, flip flags and region offsets
+                     images.json     the shard's image ids (of the reading that built it), flip
+                                     flags and image records
     shard-<k>-of-<n>.done.json       written atomically last: a shard without it is rebuilt
     last-used                        empty, touched when the cache is built or opened (nocdet cache ls)
 
@@ -34,11 +46,11 @@ Before extracting, rank 0 logs the cache's estimated size (:func:`estimate_bytes
 
 The maps of the "maps" store do not depend on the regions: its ``settings.json`` also records a
 second key, :func:`maps_key`, of what the maps depend on (backbone, pyramid, pooling, flips and
-the image files, not the proposals or annotations). A maps shard whose maps key matches a finished
-shard of another cache under the same root takes that shard's maps files as hard links
-(:func:`nocdet.features.map_store.link_maps`) and computes its region tables only: new Selective
-Search settings do not run the backbone again. ``nocdet cache ls`` counts shared files in each
-cache that holds them; removing either cache leaves the other whole.
+the images' bytes and sizes in data set order, not the proposals or annotations). A maps shard
+whose maps key matches a finished shard of another cache under the same root takes that shard's
+maps files as hard links (:func:`nocdet.features.map_store.link_maps`) and computes its region
+tables only: new Selective Search settings do not run the backbone again. ``nocdet cache ls``
+counts shared files in each cache that holds them; removing either cache leaves the other whole.
 
 A shard is built in a private temporary folder (``shard-<k>-of-<n>.<host>-<pid>.<random>.tmp``),
 its files written and fsync'ed, and only then renamed to ``shard-<k>-of-<n>/`` and marked done:
@@ -66,6 +78,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -84,8 +97,9 @@ from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWri
 from nocdet.features.pyramid import pool_slots, pyramid_scale_factors, resize_to_scales, select_adjacent_pair, \
     select_scale
 from nocdet.io import atomic_write_bytes, atomic_write_json, owner_tag, remove_orphans
+from nocdet.proposals.selective_search import image_fingerprint
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 1: keyed by image ids, paths and modification times (module doc)
 STORES = ("pooled", "maps")
 LAST_USED = "last-used"  # empty file in a cache folder, touched whenever the cache is built or opened
 # regions.npz bytes per region besides its levels: boxes 16, image 4, best 1, is_gt 1, overlap 4, label 8, target 16
@@ -163,37 +177,54 @@ def region_slice(shard: CacheShard, index: int) -> slice:
     return slice(int(shard.offsets[index]), int(shard.offsets[index + 1]))
 
 
+def image_records(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
+                  fingerprints: Sequence[str] | None = None) -> list[str]:
+    """The image record of every sample of ``dataset`` (module doc): a hash of the image's bytes
+    and size, its boxes (float32), labels (int64), difficult flags and proposals (float32 [N, 4]).
+    ``fingerprints``: the samples' :func:`image_fingerprint` values, when already computed."""
+    if fingerprints is None:
+        fingerprints = [image_fingerprint(s.path) for s in dataset.samples]
+    records = []
+    for sample, fingerprint in zip(dataset.samples, fingerprints):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{fingerprint}|{sample.width}x{sample.height}".encode())
+        for array, dtype in ((sample.boxes, "<f4"), (sample.labels, "<i8"), (sample.difficult, "|b1"),
+                             (np.asarray(proposals[sample.image_id]).reshape(-1, 4), "<f4")):
+            canonical = np.ascontiguousarray(array, dtype)
+            h.update(f"|{canonical.shape}|".encode())
+            h.update(canonical.tobytes())
+        records.append(h.hexdigest())
+    return records
+
+
 def cache_key(dataset: DetectionDataset, proposals: Mapping[str, np.ndarray], backbone_id: str,
-              roi_size: int, settings: ExtractionSettings) -> str:
-    """A hash of the backbone (name + weights digest), settings, proposals, images and labels."""
-    keyed = asdict(settings)
-    if keyed["store"] == "pooled":
-        del keyed["store"]  # pooled caches keep the keys they had before there was a choice of store
+              roi_size: int, settings: ExtractionSettings, records: Sequence[str] | None = None) -> str:
+    """A hash of the backbone (name + weights digest), settings, class names and the multiset of
+    the images' records (:func:`image_records`, computed unless given): no ids, paths nor order."""
+    records = records if records is not None else image_records(dataset, proposals)
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "backbone": backbone_id, "roi_size": roi_size,
-                         "settings": keyed, "classes": dataset.classes}, sort_keys=True).encode())
-    for sample in dataset.samples:
-        stat = sample.path.stat() if sample.path.exists() else None
-        h.update(f"{sample.image_id}|{sample.path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}".encode())
-        for arr in (sample.boxes, sample.labels, sample.difficult):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update(np.ascontiguousarray(proposals[sample.image_id], np.float32).tobytes())
+                         "settings": asdict(settings), "classes": dataset.classes}, sort_keys=True).encode())
+    for record in sorted(records):
+        h.update(record.encode())
     return h.hexdigest()[:20]
 
 
-def maps_key(dataset: DetectionDataset, backbone_id: str, roi_size: int, settings: ExtractionSettings) -> str:
+def maps_key(dataset: DetectionDataset, backbone_id: str, roi_size: int, settings: ExtractionSettings,
+             fingerprints: Sequence[str] | None = None) -> str:
     """A hash of what the "maps" store's conv maps and their index depend on: the backbone, the
-    pyramid (scales, ``max_size``, flips), the pooling the index records and the image files with
-    their sizes; not the proposals, the annotations nor the settings of the regions alone."""
+    pyramid (scales, ``max_size``, flips), the pooling the index records and the images' bytes
+    (``fingerprints``, computed unless given) and sizes in data set order (the maps' order); not
+    the proposals, the annotations nor the settings of the regions alone."""
+    if fingerprints is None:
+        fingerprints = [image_fingerprint(s.path) for s in dataset.samples]
     keyed = {"scales": settings.scales, "max_size": settings.max_size, "pool_mode": settings.pool_mode,
              "flip": settings.flip}
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "backbone": backbone_id, "roi_size": roi_size,
                          "settings": keyed}, sort_keys=True).encode())
-    for sample in dataset.samples:
-        stat = sample.path.stat() if sample.path.exists() else None
-        h.update(f"{sample.image_id}|{sample.path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|"
-                 f"{sample.width}x{sample.height}".encode())
+    for sample, fingerprint in zip(dataset.samples, fingerprints):
+        h.update(f"{fingerprint}|{sample.width}x{sample.height}|".encode())
     return h.hexdigest()[:20]
 
 
@@ -332,14 +363,16 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     # the same weights cut at another layer (ResNet res4/res5, EfficientNet eff5/eff6, a-trous) give
     # another map: its stride and channels are part of the key
     identity = f"{backbone_name}:{weights_digest(backbone)}:{int(backbone.stride)}:{int(backbone.out_channels)}"
-    key = cache_key(dataset, proposals, identity, roi_size, settings)
+    fingerprints = [image_fingerprint(s.path) for s in dataset.samples]  # each image's bytes read once
+    records = image_records(dataset, proposals, fingerprints)
+    key = cache_key(dataset, proposals, identity, roi_size, settings, records)
     folder = Path(root) / key
     name = f"shard-{rank:05d}-of-{world_size:05d}"
     done = folder / f"{name}.done.json"
     if done.exists():
         _touch(folder / LAST_USED)
         return folder
-    mkey = maps_key(dataset, identity, roi_size, settings) if settings.store == "maps" else None
+    mkey = maps_key(dataset, identity, roi_size, settings, fingerprints) if settings.store == "maps" else None
     donor = _maps_donor(Path(root), key, mkey, name) if mkey else None
     if donor is not None:
         logger.info("building the region tables of the RoI feature cache of %s in %s; the conv maps are "
@@ -353,15 +386,16 @@ def build_cache(root: str | Path, dataset: DetectionDataset, proposals: Mapping[
     shard_dir = folder / name
     if shard_dir.exists() and not (shard_dir / "images.json").exists():
         shutil.rmtree(shard_dir, ignore_errors=True)  # left by a killed run of an older nocdet
-    described = {"key": key, "backbone": backbone_name, "roi_size": roi_size, "settings": asdict(settings),
-                 "dataset": dataset.name}
+    described = {"format": CACHE_FORMAT, "key": key, "backbone": backbone_name, "roi_size": roi_size,
+                 "settings": asdict(settings), "dataset": dataset.name}
     atomic_write_json(folder / "settings.json", {**described, "maps_key": mkey} if mkey else described)
     remove_orphans(folder)
     if not shard_dir.exists():
         tmp = None
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f"{name}.{owner_tag()}.", suffix=".tmp", dir=folder))
-            _write_shard(tmp, dataset, proposals, backbone, settings, roi_size, rank, world_size, progress, donor)
+            _write_shard(tmp, dataset, proposals, records, backbone, settings, roi_size, rank, world_size, progress,
+                         donor)
             os.rename(tmp, shard_dir)
         except OSError as err:
             if tmp is not None:
@@ -391,14 +425,16 @@ def _touch(path: Path) -> None:
 
 
 def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[str, np.ndarray],
-                 backbone: torch.nn.Module, settings: ExtractionSettings, roi_size: int, rank: int,
-                 world_size: int, progress: bool, maps_from: Path | None = None) -> None:
+                 records: Sequence[str], backbone: torch.nn.Module, settings: ExtractionSettings, roi_size: int,
+                 rank: int, world_size: int, progress: bool, maps_from: Path | None = None) -> None:
     """Extract the images of shard ``rank`` into ``shard_dir``: features (or maps) streamed, then the
-    rest; with ``maps_from`` (a finished maps shard of the same maps key) its maps are linked instead."""
+    rest; with ``maps_from`` (a finished maps shard of the same maps key) its maps are linked instead.
+    ``records``: the samples' :func:`image_records`."""
     backbone.eval()
     device = next(backbone.parameters()).device
-    todo = [(s, flip) for i, s in enumerate(dataset.samples) if i % world_size == rank
-            for flip in ([False, True] if settings.flip else [False])]
+    mine = [i for i in range(len(dataset.samples)) if i % world_size == rank]
+    flips = [False, True] if settings.flip else [False]
+    todo = [(dataset.samples[i], flip) for i in mine for flip in flips]
     per_image = []
     for sample, flip in todo:
         props = np.asarray(proposals[sample.image_id], np.float32).reshape(-1, 4)
@@ -431,7 +467,8 @@ def _write_shard(shard_dir: Path, dataset: DetectionDataset, proposals: Mapping[
     np.savez(buffer, levels=levels, best=best, offsets=offsets, **arrays)
     atomic_write_bytes(shard_dir / "regions.npz", buffer.getvalue())
     atomic_write_json(shard_dir / "images.json", {"image_ids": [s.image_id for s, _ in todo],
-                                                  "flipped": [f for _, f in todo]})
+                                                  "flipped": [f for _, f in todo],
+                                                  "records": [records[i] for i in mine for _ in flips]})
 
 
 def _write_features(shard_dir: Path, todo: list[tuple[Sample, bool]], per_image: list[dict[str, np.ndarray]],
@@ -478,8 +515,13 @@ def _write_features(shard_dir: Path, todo: list[tuple[Sample, bool]], per_image:
             os.fsync(out.fileno())
 
 
-def open_cache(folder: str | Path) -> RoIFeatureCache:
-    """Open a finished cache read-only; an incomplete one is an error naming the missing shards."""
+def open_cache(folder: str | Path, dataset: DetectionDataset | None = None,
+               proposals: Mapping[str, np.ndarray] | None = None) -> RoIFeatureCache:
+    """Open a finished cache read-only; an incomplete one is an error naming the missing shards.
+
+    With ``dataset`` and its ``proposals`` (those the cache was built for, in any reading of the
+    same images) the cache's entries carry that data set's image ids, matched by image record
+    (module doc); without, the ids of the reading that built it."""
     folder = Path(folder)
     done = sorted(folder.glob("shard-*-of-*.done.json"))
     if not done:
@@ -490,13 +532,18 @@ def open_cache(folder: str | Path) -> RoIFeatureCache:
     absent = [n for n in expected if n not in names]
     if absent:
         raise DataError(f"the cache is incomplete: shards {absent} have not finished", path=folder)
+    metas = [json.loads((folder / name / "images.json").read_text()) for name in expected]
+    if dataset is not None:
+        if proposals is None:
+            raise ValueError("open_cache: a data set needs its proposals to be matched to the cache")
+        for meta, ids in zip(metas, _ids_by_record(folder, metas, dataset, proposals)):
+            meta["image_ids"] = ids
     _touch(folder / LAST_USED)
     cache = RoIFeatureCache(folder)
-    for name in expected:
+    for name, meta in zip(expected, metas):
         shard_dir = folder / name
         with np.load(shard_dir / "regions.npz") as stored:
             regions = dict(stored)
-        meta = json.loads((shard_dir / "images.json").read_text())
         if (shard_dir / MAPS_FILE).exists():
             features = open_maps(shard_dir, regions["boxes"], regions["image"], regions["levels"],
                                  len(meta["image_ids"]))
@@ -510,3 +557,33 @@ def open_cache(folder: str | Path) -> RoIFeatureCache:
                                        target=regions["target"], image_ids=meta["image_ids"],
                                        flipped=meta["flipped"], offsets=regions["offsets"]))
     return cache
+
+
+def _ids_by_record(folder: Path, metas: Sequence[dict], dataset: DetectionDataset,
+                   proposals: Mapping[str, np.ndarray]) -> list[list[str]]:
+    """For each shard's ``images.json``, the image id in ``dataset`` of each stored entry: the sample
+    with the entry's record (samples with one record share their features: taken in order)."""
+    ids_of: dict[str, list[str]] = {}
+    for sample, record in zip(dataset.samples, image_records(dataset, proposals)):
+        ids_of.setdefault(record, []).append(sample.image_id)
+    taken: Counter[tuple[str, bool]] = Counter()
+    named = []
+    for meta in metas:
+        if "records" not in meta:
+            raise DataError(f"this RoI feature cache was written by an older nocdet (format 1, keyed by image ids "
+                            f"and paths) and cannot be matched to {dataset.name or 'a data set'} by content; "
+                            "remove it (nocdet cache clean KEY) and it is rebuilt", path=folder)
+        ids = []
+        for record, flipped in zip(meta["records"], meta["flipped"]):
+            candidates = ids_of.get(record, [])
+            if taken[record, flipped] >= len(candidates):
+                raise DataError(f"the cache holds an image that {dataset.name or 'the data set'} has not (or has "
+                                "fewer times): it was built for other images, annotations or proposals", path=folder)
+            ids.append(candidates[taken[record, flipped]])
+            taken[record, flipped] += 1
+        named.append(ids)
+    missing = [i for record, ids in ids_of.items() for i in ids[taken[record, False]:]]
+    if missing:
+        raise DataError(f"the cache lacks {len(missing)} images of {dataset.name or 'the data set'} (e.g. "
+                        f"{', '.join(missing[:5])}); remove it and it is rebuilt", path=folder)
+    return named

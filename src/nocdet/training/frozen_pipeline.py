@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,13 +55,14 @@ def proposals_for(cfg: ExperimentConfig, dataset: DetectionDataset, split: str, 
 
 
 def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset, split: str, training: bool,
-            progress: bool, timing: dict[str, float] | None = None) -> RoIFeatureCache:
-    """Proposals and the RoI feature cache of one split (train: with GT regions and flips);
-    their seconds are added to ``timing["proposals"]`` and ``timing["features"]``."""
-    timing = {} if timing is None else timing
+            progress: bool, finished: Callable[[str, float], None] | None = None) -> RoIFeatureCache:
+    """Proposals and the RoI feature cache of one split (train: with GT regions and flips), its
+    entries named by ``dataset``'s image ids; ``finished("proposals" | "features", seconds)`` is
+    told as each of the two is done."""
     t = time.perf_counter()
     proposals = proposals_for(cfg, dataset, split, progress)
-    timing["proposals"] = timing.get("proposals", 0.0) + time.perf_counter() - t
+    if finished is not None:
+        finished("proposals", time.perf_counter() - t)
     t = time.perf_counter()
     settings = ExtractionSettings(scales=list(cfg.pyramid.scales), max_size=cfg.pyramid.max_size,
                                   pool_mode=cfg.pyramid.pool, include_gt=training,
@@ -68,8 +70,10 @@ def extract(cfg: ExperimentConfig, backbone: Backbone, dataset: DetectionDataset
                                   store=cfg.pyramid.cache)
     folder = build_cache(Path(cfg.cache_dir) / "roi_features", dataset, proposals, backbone,
                          f"{cfg.backbone.name}:{cfg.backbone.weights}", settings, progress=progress)
-    timing["features"] = timing.get("features", 0.0) + time.perf_counter() - t
-    return open_cache(folder)
+    cache = open_cache(folder, dataset, proposals)
+    if finished is not None:
+        finished("features", time.perf_counter() - t)
+    return cache
 
 
 def pathways(head: NoCHead, train_scale: str, training: bool) -> Pathways:
@@ -148,41 +152,62 @@ STAGES = {"proposals": "proposals", "features": "RoI features", "train_noc": "No
 """Display names of ``metrics.json``'s ``timing_seconds`` keys, in the order the stages run."""
 
 
-def _duration(seconds: float) -> str:
+StageDone = Callable[[str, float, str | None], None]
+"""Told each stage of a frozen run as it finishes: its ``timing_seconds`` key (:data:`STAGES`), its
+seconds and, for proposals and RoI features (once per split), the split: "train", "val" or "test"."""
+
+
+def duration(seconds: float) -> str:
+    """``12.3 s`` under a minute, else ``h:mm:ss``."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{seconds:.1f} s" if seconds < 60 else f"{minutes // 60}:{minutes % 60:02d}:{rest:02d}"
 
 
+def stage_line(stage: str, seconds: float, split: str | None = None) -> str:
+    """``  NoC training       0:12:05``: a stage's display name (with its split) and its time."""
+    name = STAGES.get(stage, stage) + (f" ({split})" if split else "")
+    return f"  {name:<22s}{duration(seconds):>10s}"
+
+
 def timing_lines(timing: dict[str, float]) -> list[str]:
-    """One line per stage of ``timing_seconds`` (``  NoC training    0:12:05``) and the total."""
+    """One :func:`stage_line` per stage of ``timing_seconds`` and the total."""
     known = [k for k in STAGES if k in timing] + [k for k in timing if k not in STAGES]
-    lines = [f"  {STAGES.get(k, k):<16s}{_duration(timing[k]):>10s}" for k in known]
-    return lines + [f"  {'total':<16s}{_duration(sum(timing.values())):>10s}"]
+    return [stage_line(k, timing[k]) for k in known] + [stage_line("total", sum(timing.values()))]
 
 
 def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
-                          progress: bool = True, data: ExperimentData | None = None) -> dict:
+                          progress: bool = True, data: ExperimentData | None = None,
+                          on_stage: StageDone | None = None) -> dict:
     """Train and evaluate one frozen-feature NoC; everything goes into ``run_dir``. Returns metrics.
-    ``data``: the splits already read by :func:`load_experiment_data` (else read here)."""
+    ``data``: the splits already read by :func:`load_experiment_data` (else read here);
+    ``on_stage``: told each stage as it finishes (:data:`StageDone`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     torch.manual_seed(cfg.seed)
     timing: dict[str, float] = {}
 
+    def finished(stage: str, seconds: float, split: str | None = None) -> None:
+        timing[stage] = timing.get(stage, 0.0) + seconds
+        if on_stage is not None:
+            on_stage(stage, seconds, split)
+
+    def of(split: str) -> Callable[[str, float], None]:
+        return lambda stage, seconds: finished(stage, seconds, split)
+
     data = data or load_experiment_data(cfg.data, cfg.noc.spec)
     train_set, val_set, test_set = data.train, data.val, data.test
     backbone = build_frozen_backbone(cfg)
-    train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress, timing)
-    val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress, timing) if val_set else None
-    test_cache = extract(cfg, backbone, test_set, cfg.data.test, False, progress, timing)
+    train_cache = extract(cfg, backbone, train_set, "+".join(cfg.data.train), True, progress, of("train"))
+    val_cache = extract(cfg, backbone, val_set, cfg.data.val, False, progress, of("val")) if val_set else None
+    test_cache = extract(cfg, backbone, test_set, cfg.data.test, False, progress, of("test"))
 
     t = time.perf_counter()
     head = build_head(cfg, backbone, train_set.num_classes)
     result = train_noc(head, train_cache, run_dir / "train", sampling=cfg.sampling, solver=cfg.solver,
                        pathways=pathways(head, cfg.noc.train_scale, True), seed=cfg.seed, val_cache=val_cache,
                        resume=resume, progress=progress)
-    timing["train_noc"] = time.perf_counter() - t
+    finished("train_noc", time.perf_counter() - t)
     if result.interrupted:
         return {"interrupted": result.interrupted, "iteration": result.iterations}
 
@@ -191,16 +216,16 @@ def run_frozen_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, resume:
         t = time.perf_counter()
         test_pathways = pathways(head, cfg.noc.train_scale, training=False)
         svms = fit_svms(head, train_cache, train_set.num_classes, test_pathways, cfg.svm, progress)
-        timing["train_svms"] = time.perf_counter() - t
+        finished("train_svms", time.perf_counter() - t)
     if cfg.bbox.enabled:
         t = time.perf_counter()
         regressor = fit_box_regressor(train_cache, train_set.num_classes, cfg.bbox, progress,
                                       train_set.classes)
-        timing["train_bbox"] = time.perf_counter() - t
+        finished("train_bbox", time.perf_counter() - t)
 
     t = time.perf_counter()
     detections = detect_on_cache(cfg, head, test_cache, test_set, svms, regressor, progress)
-    timing["test"] = time.perf_counter() - t
+    finished("test", time.perf_counter() - t)
     metrics = evaluate_all(test_set, detections)
     write_diagnosis(run_dir, test_set, detections)
     metrics["timing_seconds"] = {k: round(v, 2) for k, v in timing.items()}
