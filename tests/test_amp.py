@@ -1,5 +1,6 @@
 """solver.amp: mixed-precision training of the NoC (frozen setting) and the end-to-end detector;
-bfloat16 works on the CPU, float16 needs CUDA (refused when the config loads)."""
+bfloat16 works on the CPU, float16 needs CUDA (refused when the config loads), auto picks bfloat16
+where the device computes in it natively."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,8 @@ from nocdet.features.roi_cache import ExtractionSettings, build_cache, open_cach
 from nocdet.noc.head import NoCHead
 from nocdet.training.noc_trainer import SolverConfig, train_noc
 from nocdet.training.roi_sampler import Pathways, SamplingConfig
+from nocdet.devices import has_native_bf16
+from nocdet.training import solver_config
 from nocdet.training.solver_config import autocast_dtype
 from fakes import FixedTrunk
 from test_roi_cache_training import make_dataset
@@ -58,3 +61,19 @@ def test_both_settings_take_bfloat16_on_the_cpu_and_refuse_float16_at_load(path)
     assert load_experiment(path, ["solver.amp=bfloat16"]).solver.amp == "bfloat16"
     with pytest.raises(ConfigError, match="solver.amp=float16 needs a CUDA device"):
         load_experiment(path, ["solver.amp=float16"])
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 avx512f avx512bw", False),
+                                           ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu avx2 amx_bf16 amx_tile", True), ("", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert has_native_bf16("cpu", str(cpuinfo)) is native
+    assert has_native_bf16("cpu", str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
+def test_auto_amp_is_bfloat16_only_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(solver_config, "has_native_bf16", lambda device: native)
+    assert autocast_dtype("auto", "cpu") is expected
