@@ -1,5 +1,6 @@
 """benchmarks/bench_frozen.py: its timed stages compute what the detector and the cache compute."""
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,11 +76,15 @@ def test_recomputed_epoch_inputs_equal_the_cached_features(bench, backbone, tmp_
 @pytest.mark.slow
 def test_quick_run_prints_every_part(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_frozen.py"), "--quick", "--images", "1",
-                           "--train-images", "4", "--threads", "1"], capture_output=True, text=True, timeout=600)
+                           "--train-images", "4", "--batch-images", "3", "--threads", "1"], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for block in ("--- 1. test time per image", "--- 2. one NoC training epoch", "--- 3. peak memory", "--- summary"):
+    for block in ("--- 1. test time per image", "--- 2. one NoC training epoch", "--- 3. peak memory",
+                  "--- 4. pipelined detection", "--- summary"):
         assert block in out
+    assert re.search(r"pipelined, --threads 1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x   identical", out)
+    assert re.search(r"pipelined / one-image detection: [\d.]+x  (PASS|MISS) \(>= 1.4x; bound [\d.]+x", out)
     for stage in ("proposals", "pyramid features", "pooling", "NoC forward", "post-processing"):
         assert out.count(f"  {stage} ") == 2  # one row per config
     assert "recomputed features match the cache" in out

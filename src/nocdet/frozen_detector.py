@@ -2,20 +2,24 @@
 
 The same parts as training, composed for one image at a time: Selective Search proposals ->
 pyramid features of the frozen backbone -> RoI pooling at each region's scale(s) -> NoC ->
-softmax or SVM scores -> optional box regression -> clip, per-class NMS, top-k.
+softmax or SVM scores -> optional box regression -> clip, per-class NMS, top-k. Over many images
+(``detect_dataset``, ``nocdet detect`` on a folder) :mod:`nocdet.batch_detection` runs the same
+calls pipelined: Selective Search in worker processes ahead of the rest.
 """
 from __future__ import annotations
 
 import warnings
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from nocdet.batch_detection import detect_images
 from nocdet.config import from_dict
 from nocdet.data.sample import DetectionDataset, Detections
 from nocdet.prediction import ImageLike, Prediction, as_rgb_array, predictions
@@ -27,7 +31,7 @@ from nocdet.features.pyramid import pyramid_scale_factors
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
-from nocdet.data.images import unit_tensor
+from nocdet.data.images import load_image, unit_tensor
 from nocdet.postprocess import PostprocessConfig, detect_from_scores
 from nocdet.proposals.selective_search import selective_search
 from nocdet.training.bbox_regression import BoxRegressor
@@ -110,11 +114,15 @@ class FrozenNoCDetector:
         regressor = BoxRegressor.from_state_dict(state["bbox"]) if state.get("bbox") else None
         return cls(cfg, classes, backbone, head, svms, regressor, device, state.get("category_ids"))
 
+    def proposal_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`selective_search` for the config's proposals."""
+        p = self.config.proposals
+        return {"min_size": p.min_size, "max_boxes": p.max_boxes, "max_side": p.max_side, "ks": p.ks,
+                "sigma": p.sigma, "color_spaces": p.color_spaces}
+
     def proposals(self, image: ImageLike) -> np.ndarray:
         """Selective Search boxes ``[R, 4]`` of one image with the config's settings."""
-        p = self.config.proposals
-        return selective_search(as_rgb_array(image), min_size=p.min_size, max_boxes=p.max_boxes,
-                                max_side=p.max_side, ks=p.ks, sigma=p.sigma, color_spaces=p.color_spaces)
+        return selective_search(as_rgb_array(image), **self.proposal_options())
 
     def pyramid_settings(self, width: int, height: int) -> ExtractionSettings:
         """The pyramid of a ``width x height`` image: the config's, with every scale shrunk by one
@@ -142,21 +150,34 @@ class FrozenNoCDetector:
     def detect(self, image: ImageLike, image_id: str = "image") -> Detections:
         """Detections of one image (internal format, labels ``1..K``)."""
         array = as_rgb_array(image)
-        height, width = array.shape[:2]
-        boxes = self.proposals(array)
+        return self.detect_proposals(array, self.proposals(array), image_id)
+
+    def detect_proposals(self, image: ImageLike, boxes: np.ndarray, image_id: str = "image") -> Detections:
+        """Detections of one image among its proposals ``boxes [R, 4]``: ``detect`` after Selective Search."""
+        array = as_rgb_array(image)
         if len(boxes) == 0:
             return Detections(image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0))
         scores, region_boxes = self.score_regions(array, boxes)
-        return detect_from_scores(image_id, region_boxes, scores, width, height, self.config.test)
+        return detect_from_scores(image_id, region_boxes, scores, array.shape[1], array.shape[0], self.config.test)
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[Prediction]:
         """Detections of each image (paths, PIL images, NumPy arrays or tensors) with class names."""
         return predictions(self, images)
 
-    def detect_dataset(self, dataset: DetectionDataset, progress: bool = True) -> list[Detections]:
-        """Detections of every image of ``dataset``, in its order."""
-        return [self.detect(sample.path, sample.image_id)
-                for sample in tqdm(dataset.samples, desc="detect", unit="img", disable=not progress)]
+    def detect_dataset(self, dataset: DetectionDataset, progress: bool = True, workers: int | None = None
+                       ) -> list[Detections]:
+        """Detections of every image of ``dataset``, in its order: Selective Search in ``workers``
+        processes ahead of the features and NoC (:mod:`nocdet.batch_detection`; None: from this
+        process's torch threads), or image by image in this process when ``workers`` is 0.
+        The first image that fails raises its error, as ``detect`` would."""
+        items = [(sample.image_id, sample.path) for sample in dataset.samples]
+        found = []
+        with closing(detect_images(self, items, load_image, workers)) as results:
+            for result in tqdm(results, total=len(items), desc="detect", unit="img", disable=not progress):
+                if result.error is not None:
+                    raise result.error
+                found.append(result.detections)
+        return found
 
 
 def build_frozen_backbone(cfg: ExperimentConfig) -> Backbone:

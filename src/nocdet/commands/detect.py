@@ -20,6 +20,11 @@ A file that cannot be used (empty, truncated, not an image, missing) does not st
 is reported at the end, after all other images are done, with its reason, the count of such
 files among all image files, and ``failed.json`` in the output folder (``[{"file", "error"}]``,
 empty when all went well). The exit status is then 1 (0 when every image was processed).
+
+Several images with a frozen-feature model are detected pipelined (:mod:`nocdet.batch_detection`):
+Selective Search in ``--workers`` processes runs ahead of the features and the NoC, which run on
+as many images at a time as ``--threads`` (with one thread, images go one at a time); the
+detections are those of ``--workers 0``, one image at a time in this process.
 """
 from __future__ import annotations
 
@@ -56,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     add_threads_argument(parser)
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Selective Search processes running ahead of the features and NoC over several "
+                             "images (frozen-feature models; default: half of --threads); 0: one image at a time "
+                             "in this process (the default with --threads 1)")
 
 
 def image_files(inputs: list[Path]) -> tuple[list[Path], int]:
@@ -136,9 +145,12 @@ def run(args: argparse.Namespace) -> int:
     from nocdet.threads import use_threads
 
     use_threads(args.threads)
+    from contextlib import closing
+
     import cv2
     from tqdm import tqdm
 
+    from nocdet.batch_detection import detect_images
     from nocdet.detector import load
     from nocdet.errors import DataError, NocdetError
     from nocdet.io import atomic_open, atomic_write_json, output_folder
@@ -150,30 +162,41 @@ def run(args: argparse.Namespace) -> int:
     coco_ids = coco_image_ids_of(files, args.coco_gt)
     coco_results = []
     records, failed, enlarged = [], [], 0
-    for index, path in enumerate(tqdm(files, desc="detect", unit="img", disable=args.no_progress)):
-        try:
-            image, to_file = load_for(detector, path)
-        except (NocdetError, OSError) as err:
-            failed.append({"file": str(path), "error": err.reason if isinstance(err, DataError) else str(err)})
-            continue
-        try:
-            det = detector.detect(image, str(path))
-        except (NocdetError, ValueError, RuntimeError, cv2.error) as err:  # one bad image must not stop the run
-            failed.append({"file": str(path), "error": f"detection failed ({type(err).__name__}: {err})"})
-            continue
-        picture = draw_detections(image, det, detector.classes, threshold=args.threshold,
-                                  **({"min_side": 0} if args.keep_size else {}))
-        enlarged += picture.width != image.shape[1]
-        with atomic_open(args.out / f"{index:05d}_{path.stem}.png", "wb") as f:
-            picture.save(f, format="PNG")
-        for box, score, label in zip((det.boxes * to_file).tolist(), det.scores.tolist(), det.labels.tolist()):
-            bbox = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            coco_results.append({"image_id": coco_ids[path], "category_id": detector.category_ids[label - 1],
-                                 "bbox": bbox, "score": score})
-            if score >= args.threshold:
-                records.append({"file": str(path), "image_id": coco_ids[path], "bbox": bbox, "score": score,
-                                "category": detector.classes[label - 1],
-                                "category_id": detector.category_ids[label - 1]})
+    to_file: dict[Path, np.ndarray] = {}  # per file, its pixels over the decoded image's
+
+    def decode(path: Path) -> np.ndarray:
+        image, to_file[path] = load_for(detector, path)
+        return image
+
+    results = detect_images(detector, [(str(path), path) for path in files], decode, args.workers)
+    with closing(results):
+        for index, result in enumerate(tqdm(results, total=len(files), desc="detect", unit="img",
+                                            disable=args.no_progress)):
+            path, image, det, err = result.source, result.image, result.detections, result.error
+            if result.stage == "load":
+                if not isinstance(err, (NocdetError, OSError)):
+                    raise err
+                failed.append({"file": str(path), "error": err.reason if isinstance(err, DataError) else str(err)})
+                continue
+            if result.stage == "detect":  # one bad image must not stop the run
+                if not isinstance(err, (NocdetError, ValueError, RuntimeError, cv2.error)):
+                    raise err
+                failed.append({"file": str(path), "error": f"detection failed ({type(err).__name__}: {err})"})
+                continue
+            picture = draw_detections(image, det, detector.classes, threshold=args.threshold,
+                                      **({"min_side": 0} if args.keep_size else {}))
+            enlarged += picture.width != image.shape[1]
+            with atomic_open(args.out / f"{index:05d}_{path.stem}.png", "wb") as f:
+                picture.save(f, format="PNG")
+            for box, score, label in zip((det.boxes * to_file[path]).tolist(), det.scores.tolist(),
+                                         det.labels.tolist()):
+                bbox = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+                coco_results.append({"image_id": coco_ids[path], "category_id": detector.category_ids[label - 1],
+                                     "bbox": bbox, "score": score})
+                if score >= args.threshold:
+                    records.append({"file": str(path), "image_id": coco_ids[path], "bbox": bbox, "score": score,
+                                    "category": detector.classes[label - 1],
+                                    "category_id": detector.category_ids[label - 1]})
     atomic_write_json(args.out / "detections.json", records, indent=1)
     atomic_write_json(args.out / "coco_results.json", coco_results)
     atomic_write_json(args.out / "failed.json", failed)

@@ -9,9 +9,10 @@ results.json``. Prints a table; ``--out`` writes the numbers as JSON
 
 A trained model: ``--checkpoint model.pt`` with ``--voc-root ROOT --split test`` or ``--gt
 instances.json --images DIR`` runs the detector over the split (Selective Search, features,
-NoC, NMS: ``detector.detect``) and evaluates it, ``--metric all`` (default: voc07, voc and
-coco) or one; ``--out DIR`` receives ``metrics.json`` and ``results/`` (the devkit files and
-``coco_results.json``), as a training run writes them.
+NoC, NMS: ``detector.detect``; pipelined over the images for a frozen-feature model, see
+``--workers`` and :mod:`nocdet.batch_detection`) and evaluates it, ``--metric all`` (default:
+voc07, voc and coco) or one; ``--out DIR`` receives ``metrics.json`` and ``results/`` (the
+devkit files and ``coco_results.json``), as a training run writes them.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="with --checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="with --checkpoint: no progress bar")
     add_threads_argument(parser)
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="with --checkpoint of a frozen-feature model: Selective Search processes running "
+                             "ahead of the features and NoC (default: half of --threads); 0: one image at a "
+                             "time in this process (the default with --threads 1)")
     voc = parser.add_argument_group("PASCAL VOC")
     voc.add_argument("--voc-root", metavar="ROOT",
                      help="VOC folder (Annotations/, ImageSets/Main/, JPEGImages/), VOC<year> or VOCdevkit")
@@ -150,13 +155,20 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     from nocdet.detector import load
     from nocdet.evaluation.coco import evaluate_coco, format_coco_table
     from nocdet.evaluation.voc import evaluate_voc
+    from nocdet.frozen_detector import FrozenNoCDetector
     from nocdet.training.frozen_pipeline import write_results
 
     if args.out:
         output_folder(args.out)
     detector = load(args.checkpoint, args.device)
     dataset, split = _checkpoint_data(args, detector.classes)
-    detections = detector.detect_dataset(dataset, progress=not args.no_progress)
+    if isinstance(detector, FrozenNoCDetector):
+        detections = detector.detect_dataset(dataset, progress=not args.no_progress, workers=args.workers)
+    elif args.workers is not None:
+        raise ConfigError("--workers runs Selective Search, which an end-to-end model does not use (its RPN "
+                          "proposes the regions)")
+    else:
+        detections = detector.detect_dataset(dataset, progress=not args.no_progress)
     metric = args.metric or "all"
     metrics = {}
     voc_metrics = {"all": ("voc07", "voc"), "voc07": ("voc07",), "voc": ("voc",), "coco": ()}[metric]
