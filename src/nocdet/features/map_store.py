@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from nocdet.errors import DataError, NocdetError
+from nocdet.features.float16 import to_float16, to_float32
 from nocdet.features.pyramid import pool_slots
 from nocdet.io import atomic_write_bytes
 
@@ -105,7 +106,7 @@ class MapWriter:
         """Append one image's maps ``[1, C, H, W]`` (one per level) and their resize factors."""
         offsets, shapes = [], []
         for fmap in maps:
-            array = fmap[0].cpu().numpy().astype(np.float16)
+            array = to_float16(fmap[0])
             self.file.write(array.tobytes())
             offsets.append(self.elements)
             shapes.append(array.shape)
@@ -183,7 +184,7 @@ class MapFeatures:
     def _map(self, image: int, level: int) -> Tensor:
         start = int(self.index.offset[image, level])
         c, h, w = (int(v) for v in self.index.shape[image, level])
-        return torch.from_numpy(self.maps[start:start + c * h * w].astype(np.float32).reshape(1, c, h, w))
+        return to_float32(self.maps[start:start + c * h * w]).reshape(1, c, h, w)
 
     def _pool(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape[1:]), np.float16)
@@ -198,7 +199,7 @@ class MapFeatures:
                                 [torch.from_numpy(self.levels[g].astype(np.int64)) for g in groups],
                                 self.index.factor[images], 1.0 / self.index.stride, self.index.roi_size,
                                 self.index.pool_mode)
-        out[order] = pooled.numpy().astype(np.float16)
+        out[order] = to_float16(pooled)
         return out
 
 

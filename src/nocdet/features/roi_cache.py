@@ -93,6 +93,7 @@ from nocdet.caches import format_bytes
 from nocdet.data.images import load_image, unit_tensor
 from nocdet.data.sample import DetectionDataset, Sample
 from nocdet.errors import ConfigError, DataError, NocdetError
+from nocdet.features.float16 import to_float16
 from nocdet.features.map_store import INDEX_FILE, MAPS_FILE, MapFeatures, MapWriter, link_maps, map_bytes, open_maps
 from nocdet.features.pyramid import pool_slots, pyramid_scale_factors, resize_to_scales, select_adjacent_pair, \
     select_scale
@@ -505,7 +506,7 @@ def _write_features(shard_dir: Path, todo: list[tuple[Sample, bool]], per_image:
                 lv, bs = select_levels(boxes, factors, settings)
             else:
                 pooled, lv, bs = pool_regions(backbone, x, boxes, settings, roi_size)
-                out.write(pooled.cpu().numpy().astype(np.float16).tobytes())  # regions in order: contiguous
+                out.write(to_float16(pooled).tobytes())  # regions in order: contiguous
             levels[start:start + n] = lv.cpu().numpy()
             best[start:start + n] = bs.cpu().numpy()
         if store_maps:

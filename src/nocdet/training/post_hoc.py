@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nocdet.features.float16 import to_float32
 from nocdet.features.map_store import MapFeatures
 from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
 from nocdet.noc.head import NoCHead
@@ -86,7 +87,7 @@ def pooled_features(shard: CacheShard, rows: np.ndarray) -> Tensor:
     """Pooled conv features of regions at their best level, flattened: ``[R, C*m*m]`` (a maps
     shard pools that level only, not both of the region's pair)."""
     if isinstance(shard.features, MapFeatures):
-        return torch.from_numpy(shard.features.at_slots(rows, shard.best[rows]).astype(np.float32)).flatten(1)
+        return to_float32(shard.features.at_slots(rows, shard.best[rows])).flatten(1)
     return gather_inputs(shard, rows, Pathways.BEST, None)[0].flatten(1)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from nocdet.config import bounded, only_in
 from nocdet.errors import ConfigError
+from nocdet.features.float16 import to_float32
 from nocdet.features.map_store import MapFeatures
 from nocdet.features.pyramid import random_adjacent_pair, random_scale
 from nocdet.features.roi_cache import CacheShard, RoIFeatureCache, region_slice
@@ -117,7 +118,7 @@ def _every_level(shard: CacheShard, index: np.ndarray, pathways: Pathways,
         levels = random_adjacent_pair(boxes, num_levels, generator)
     view = MapFeatures(features.maps, features.index, np.asarray(shard.boxes[index]),
                        np.asarray(shard.image[index]), levels.numpy())
-    return torch.from_numpy(view[np.arange(len(index))].astype(np.float32))
+    return to_float32(view[np.arange(len(index))])
 
 
 def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: Pathways | str,
@@ -132,7 +133,7 @@ def gather_inputs(shard: CacheShard, index: np.ndarray, pathways: Pathways | str
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     rows = np.asarray(shard.features[index[order]])[inverse]  # sorted reads from the memmap
-    x = torch.from_numpy(rows.astype(np.float32))
+    x = to_float32(rows)
     if pathways is Pathways.PAIR:
         if x.shape[1] == 1:
             return [x[:, 0], x[:, 0]]
