@@ -465,8 +465,8 @@ def noc_batching(detector: FrozenNoCDetector, dataset: DetectionDataset, rounds:
             array = load_image(sample.path)
             boxes = torch.from_numpy(detector.proposals(array))
             x = detector.backbone.normalize(unit_tensor(array))
-            pooled, _, best = pool_regions(detector.backbone, x, boxes, detector.pyramid_settings(
-                array.shape[1], array.shape[0]), detector.backbone.roi_size)
+            pooled, _, best = pool_regions(detector.backbone, x, boxes, detector.settings,
+                                           detector.backbone.roi_size)
             inputs.append((pooled, pooled[torch.arange(len(best)), best], boxes))
         batches = {g: [[torch.cat(parts) for parts in zip(*inputs[i:i + g])] for i in range(0, 8, g)] for g in groups}
         runs: dict[int, list[float]] = {g: [] for g in groups}

@@ -18,7 +18,8 @@ import torch
 from nocdet.data.images import load_image
 from nocdet.detector import load
 from nocdet.errors import ConfigError, NocdetError
-from nocdet.export import export_onnx, onnx_metadata, onnx_session, run_onnx
+from nocdet.export import DetectorGraph, export_onnx, onnx_metadata, onnx_session, run_onnx
+from nocdet.features.pyramid import MAX_ASPECT, pyramid_scale_factors
 from nocdet.postprocess import detect_from_scores
 from nocdet.proposals.files import load_proposals
 from nocdet.boxes import box_iou
@@ -157,3 +158,16 @@ def test_unsupported_format_and_opset_are_config_errors(tmp_path):
                            "--format", "tflite", "--out", str(tmp_path / "m")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "unsupported export format 'tflite'" in proc.stderr
+
+
+@pytest.mark.parametrize("height, width, max_size", [(100, 2000, None), (60, 3000, 900), (200, 260, None)])
+def test_graph_pyramid_factors_are_the_detectors_with_the_aspect_cap(models, height, width, max_size):
+    """The exported graph sizes its pyramid levels as pyramid_scale_factors does (which training,
+    caching and detect use), including the whole-pyramid shrink of images beyond MAX_ASPECT:1."""
+    detector = load(models[1]["maxout"])
+    graph = DetectorGraph(detector)
+    graph.max_size = max_size
+    expected = pyramid_scale_factors(width, height, detector.config.pyramid.scales, max_size)
+    assert graph.factors(torch.zeros(3, height, width)).tolist() == pytest.approx(expected, rel=1e-12)
+    longest = max(expected) * width
+    assert longest <= MAX_ASPECT * max(detector.config.pyramid.scales) + 1e-9

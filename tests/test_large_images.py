@@ -14,6 +14,7 @@ import nocdet.data.images as images
 from nocdet.commands.detect import largest_side, load_for
 from nocdet.detector import load
 from nocdet.errors import DataError
+from nocdet.features.pyramid import pyramid_scale_factors
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def test_the_decoded_size_follows_the_models_largest_resize(model, tmp_path):
     assert largest_side(detector, 100, 50) == 320
     # a 20000 x 200 strip would be 16000 x 160; its pyramid is shrunk to a longer side of 4 x 160
     assert largest_side(detector, 20000, 200) == 640
-    assert detector.pyramid_settings(20000, 200).scales == [pytest.approx(160 * 640 / 16000)]
-    assert detector.pyramid_settings(400, 100).scales == [160]  # 4:1: untouched
+    assert pyramid_scale_factors(20000, 200, [160]) == [pytest.approx(640 / 20000)]
+    assert pyramid_scale_factors(400, 100, [160]) == [160 / 100]  # 4:1: untouched
 
     Image.new("RGB", (2000, 1000), (90, 120, 30)).save(tmp_path / "big.jpg")
     image, to_file = load_for(detector, tmp_path / "big.jpg")

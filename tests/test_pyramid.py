@@ -30,6 +30,15 @@ def test_scale_factors_shorter_side_and_cap():
     assert pyramid_scale_factors(500, 375, [480, 600], max_size=700) == pytest.approx([1.28, 1.4])
 
 
+def test_extreme_aspect_shrinks_the_whole_pyramid_by_one_ratio():
+    # 2000 x 100, scales 100 and 200: factors 1 and 2, the largest level 4000 px long > 4 x 200,
+    # so both shrink by 800 / 4000 (hand-computed)
+    assert pyramid_scale_factors(2000, 100, [100, 200]) == pytest.approx([0.2, 0.4])
+    assert pyramid_scale_factors(800, 200, [200]) == [1.0]  # 4:1 exactly: untouched
+    # max_size first (3000 -> 1000), then the cap (1000 -> 400 = 4 x 100)
+    assert pyramid_scale_factors(3000, 100, [100], max_size=1000) == pytest.approx([400 / 3000])
+
+
 @pytest.mark.parametrize("scales", [[], [480, 0], [-1]])
 def test_scale_factors_reject_bad_scales(scales):
     with pytest.raises(ConfigError):

@@ -46,7 +46,7 @@ from nocdet.prediction import ImageLike, as_rgb_array
 from nocdet.errors import ConfigError, DataError
 from nocdet.export_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from nocdet.extras import require_extra
-from nocdet.features.pyramid import select_adjacent_pair, select_scale
+from nocdet.features.pyramid import MAX_ASPECT, select_adjacent_pair, select_scale
 from nocdet.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -75,13 +75,15 @@ class DetectorGraph(nn.Module):
 
     def factors(self, image: Tensor) -> Tensor:
         """The resize factor of each level ``[S]`` (float64, ascending), as
-        :func:`nocdet.features.pyramid.pyramid_scale_factors`; the config's scales ascend."""
+        :func:`nocdet.features.pyramid.pyramid_scale_factors` (with its ``MAX_ASPECT`` cap); the
+        config's scales ascend."""
         hw = torch._shape_as_tensor(image)[1:].to(torch.float64)
         short, long = hw.min(), hw.max()
         f = self.scales / short
         if self.max_size is not None:
             f = torch.where(torch.round(f * long) > self.max_size, self.max_size / long, f)
-        return f
+        longest, cap = f.max() * long, MAX_ASPECT * self.scales.max()
+        return torch.where(longest > cap, f * cap / longest, f)
 
     def pyramid(self, image: Tensor, factors: Tensor) -> list[Tensor]:
         """The image resized by each factor, ``round(H f) x round(W f)`` (as ``resize_to_scales``)."""

@@ -27,7 +27,6 @@ from nocdet.errors import ConfigError
 from nocdet.experiment import ExperimentConfig, config_from_dict, load_experiment, load_split
 from nocdet.features.backbones import Backbone
 from nocdet.features.registry import build_backbone
-from nocdet.features.pyramid import pyramid_scale_factors
 from nocdet.features.roi_cache import ExtractionSettings, pool_regions
 from nocdet.noc.head import NoCHead
 from nocdet.noc.init import init_finetune, init_gaussian
@@ -38,10 +37,6 @@ from nocdet.training.bbox_regression import BoxRegressor
 from nocdet.training.svm import LinearSVMs
 
 FORMAT = "nocdet-frozen-detector"
-#: a pyramid level's longer side is at most this many times the largest scale: the pyramid of an
-#: image of extreme aspect ratio (a 100:1 strip would be resized to 100 times the largest scale)
-#: is shrunk as a whole to fit, bounding its memory; images up to 4:1 are not affected
-MAX_ASPECT = 4
 
 
 class RegionScorer(nn.Module):
@@ -124,14 +119,6 @@ class FrozenNoCDetector:
         """Selective Search boxes ``[R, 4]`` of one image with the config's settings."""
         return selective_search(as_rgb_array(image), **self.proposal_options())
 
-    def pyramid_settings(self, width: int, height: int) -> ExtractionSettings:
-        """The pyramid of a ``width x height`` image: the config's, with every scale shrunk by one
-        factor where the largest level's longer side would exceed ``MAX_ASPECT`` x the largest scale."""
-        scales, max_size = self.settings.scales, self.settings.max_size
-        longest = max(pyramid_scale_factors(width, height, scales, max_size)) * max(width, height)
-        shrink = MAX_ASPECT * max(scales) / longest
-        return self.settings if shrink >= 1 else replace(self.settings, scales=[s * shrink for s in scales])
-
     @torch.inference_mode()
     def score_regions(self, image: ImageLike, boxes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class scores ``[R, K]`` (softmax without background, or SVM scores) of the regions
@@ -141,7 +128,7 @@ class FrozenNoCDetector:
         region_boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         x = self.backbone.normalize(unit_tensor(array)).to(self.device)
         pooled, _, best = pool_regions(self.backbone, x, region_boxes.to(self.device),
-                                       self.pyramid_settings(array.shape[1], array.shape[0]),
+                                       self.settings,
                                        self.backbone.roi_size)
         single = pooled[torch.arange(len(best)), best] if pooled.shape[1] > 1 else pooled[:, 0]
         scores, refined = self.scorer([pooled[:, 0], pooled[:, -1]], single, region_boxes.to(self.device))

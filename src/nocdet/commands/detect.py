@@ -92,7 +92,7 @@ def largest_side(detector: Detector, width: int, height: int) -> int:
 
     long, short = max(width, height), min(width, height)
     if isinstance(detector, FrozenNoCDetector):
-        pyramid = detector.pyramid_settings(width, height)
+        pyramid = detector.settings
         factor = max(pyramid_scale_factors(width, height, pyramid.scales, pyramid.max_size))
     else:
         transform = detector.config.transform

@@ -32,12 +32,19 @@ CPU_CHUNK = 256
 VECTORISED_MODES = ("max",)
 
 
+#: a pyramid level's longer side is at most this many times the largest scale: the pyramid of an
+#: image of extreme aspect ratio (a 100:1 strip would be resized to 100 times the largest scale) is
+#: shrunk as a whole to fit, bounding its memory; images up to 4:1 are not affected
+MAX_ASPECT = 4
+
+
 def pyramid_scale_factors(width: int, height: int, scales: Sequence[int],
                           max_size: int | None = None) -> list[float]:
     """The resize factor of each scale: shorter side to ``s``, aspect kept.
 
     With ``max_size`` the factor is lowered so that the longer side does not exceed it
-    (Fast R-CNN's cap; SPPnet uses none, the default).
+    (Fast R-CNN's cap; SPPnet uses none, the default). Where the largest level's longer side would
+    still exceed ``MAX_ASPECT`` x the largest scale, every factor is shrunk by the same ratio.
     """
     if width <= 0 or height <= 0:
         raise ConfigError(f"image size must be positive, got {width}x{height}")
@@ -52,7 +59,8 @@ def pyramid_scale_factors(width: int, height: int, scales: Sequence[int],
         if max_size is not None and round(f * long) > max_size:
             f = max_size / long
         factors.append(f)
-    return factors
+    longest, cap = max(factors) * long, MAX_ASPECT * max(scales)
+    return [f * cap / longest for f in factors] if longest > cap else factors
 
 
 def resize_to_scales(image: Tensor, factors: Sequence[float]) -> list[Tensor]:
