@@ -84,10 +84,16 @@ def test_resume_accepts_a_run_made_before_the_one_schema(tmp_path):
     from nocdet.run_folder import check_resume_config
 
     before = json.loads(Path("tests/fixtures/config_values_before_one_schema.json").read_text())
-    for path in ("configs/e2e/scene_digits/table8_conv_noc.yaml", "configs/demo.yaml"):
+    for path in ("configs/e2e/scene_digits/table8_conv_noc.yaml", "configs/scene_digits/table6_noc.yaml",
+                 "configs/demo.yaml"):
         run = tmp_path / Path(path).stem
         run.mkdir()
         (run / "config.yaml").write_text(yaml.safe_dump(before[path]))
+        if path == "configs/demo.yaml":  # the demo trains in bf16 since (solver.amp: auto); the old run was fp32
+            with pytest.raises(ConfigError, match="solver.amp: 'none' in the run, 'auto' now"):
+                check_resume_config(run, load_experiment(path))
+            check_resume_config(run, load_experiment(path, ["solver.amp=none"]))
+            continue
         check_resume_config(run, load_experiment(path))
         with pytest.raises(ConfigError, match="seed: 0 in the run, 1 now"):
             check_resume_config(run, load_experiment(path, ["seed=1"]))
