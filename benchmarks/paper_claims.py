@@ -249,10 +249,35 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["iteration"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
 
 
+def stored_result(result_file: Path, key: str, name: str) -> dict | None:
+    """The stored result of a run whose resolved config has digest ``key``; None (and a line
+    saying why) when there is none or its config changed."""
+    if not result_file.is_file():
+        return None
+    stored = json.loads(result_file.read_text())
+    if stored["config_digest"] == key:
+        print(f"skip {name} (finished)", flush=True)
+        return stored
+    print(f"{name}: the config changed since its result; running it again", flush=True)
+    return None
+
+
+def open_run_folder(run_dir: Path, key: str) -> bool:
+    """Prepare ``run_dir`` for a run of the config with digest ``key``: True when it holds a
+    checkpoint of that config to resume, else it is emptied for a fresh run."""
+    from nocdet.experiment import load_experiment
+    from nocdet.run_folder import prepare_run_folder
+
+    saved = run_dir / "config.yaml"
+    resume = (run_dir / "train" / "checkpoint.pt").is_file() and saved.is_file() and \
+        digest(load_experiment(saved)) == key
+    prepare_run_folder(run_dir, resume=resume, overwrite=not resume)
+    return resume
+
+
 def run_row(row: Row, ds: DataSet, seed: int, args: argparse.Namespace) -> dict | None:
     """Train and evaluate one (data set, row, seed) unless its result is stored for the same config;
     returns the result (None: stopped by a signal, the run folder keeps its checkpoint)."""
-    from nocdet.run_folder import prepare_run_folder
     from nocdet.experiment import load_experiment
     from nocdet.runs import load_data, run_experiment
 
@@ -268,17 +293,11 @@ def run_row(row: Row, ds: DataSet, seed: int, args: argparse.Namespace) -> dict 
     cfg = load_experiment(config, sets + (schedule_overrides(iterations, e2e) if iterations else []))
     key = digest(cfg)
     result_file = args.out / "results" / ds.name / row.key / f"seed{seed}.json"
-    if result_file.is_file():
-        stored = json.loads(result_file.read_text())
-        if stored["config_digest"] == key:
-            print(f"skip {ds.name} {row.key} seed {seed} (finished)", flush=True)
-            return stored
-        print(f"{ds.name} {row.key} seed {seed}: the config changed since its result; running it again", flush=True)
+    stored = stored_result(result_file, key, f"{ds.name} {row.key} seed {seed}")
+    if stored is not None:
+        return stored
     run_dir = args.out / "runs" / ds.name / row.key / f"seed{seed}"
-    saved = run_dir / "config.yaml"
-    resume = (run_dir / "train" / "checkpoint.pt").is_file() and saved.is_file() and \
-        digest(load_experiment(saved)) == key
-    prepare_run_folder(run_dir, resume=resume, overwrite=not resume)
+    resume = open_run_folder(run_dir, key)
     print(f"{'resume' if resume else 'run'} {ds.name} {row.key} seed {seed}: {iterations} iterations "
           f"({epochs} epochs of {len(data.train.samples)} images)", flush=True)
     cpu, wall = cpu_seconds(), time.perf_counter()

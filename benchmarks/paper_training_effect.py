@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_claims import (PAPER_DETAILS, QUICK_FROZEN, Comparison, compare, cpu_seconds, digest,  # noqa: E402
-                          fmt, schedule_overrides)
+                          fmt, open_run_folder, schedule_overrides, stored_result)
 
 if TYPE_CHECKING:
     from nocdet.experiment import ExperimentData
@@ -142,7 +142,6 @@ def run_one(twin: Twin, setting: str, seed: int, args: argparse.Namespace) -> di
     same config; returns the result (None: stopped by a signal, the checkpoint is kept)."""
     from nocdet.experiment import load_experiment
     from nocdet.io import atomic_write_json
-    from nocdet.run_folder import prepare_run_folder
     from nocdet.runs import load_data, run_experiment
 
     config, sets = CONFIGS / f"{twin.stem}.yaml", overrides(twin, setting, seed, args)
@@ -150,17 +149,11 @@ def run_one(twin: Twin, setting: str, seed: int, args: argparse.Namespace) -> di
     key = digest(cfg)
     name = f"{twin.stem} / {setting} / seed {seed}"
     result_file = args.out / "results" / twin.stem / setting / f"seed{seed}.json"
-    if result_file.is_file():
-        stored = json.loads(result_file.read_text())
-        if stored["config_digest"] == key:
-            print(f"skip {name} (finished)", flush=True)
-            return stored
-        print(f"{name}: the config changed since its result; running it again", flush=True)
+    stored = stored_result(result_file, key, name)
+    if stored is not None:
+        return stored
     run_dir = args.out / "runs" / twin.stem / setting / f"seed{seed}"
-    saved = run_dir / "config.yaml"
-    resume = (run_dir / "train" / "checkpoint.pt").is_file() and saved.is_file() and \
-        digest(load_experiment(saved)) == key
-    prepare_run_folder(run_dir, resume=resume, overwrite=not resume)
+    resume = open_run_folder(run_dir, key)
     print(f"{'resume' if resume else 'run'} {name}: {cfg.solver.iterations} iterations", flush=True)
     started, cpu, wall = datetime.now(timezone.utc), cpu_seconds(), time.perf_counter()
     data = load_data(cfg)
