@@ -3,8 +3,9 @@
 Real processes are killed with SIGKILL. To keep the test fast, one helper process (the
 "zygote") imports torch and nocdet once and then forks a fresh child per attempt; the child
 runs NoC training (``train_noc``) or the ``nocdet pretrain`` command with ``--resume`` and is
-SIGKILLed after a seeded random delay. After every kill the checkpoint must load and must not
-go backwards; the resumed run must end with the weights of an uninterrupted run.
+SIGKILLed a seeded random delay after its first checkpoint write of that attempt (so the kill lands
+in the training, however long start-up takes on the machine). After every kill the checkpoint must
+load and must not go backwards; the resumed run must end with the weights of an uninterrupted run.
 
 The atomic writer itself is hit inside its write window by a writer that does nothing but
 rewrite a large file: the file is always one of the two complete versions, and the temporary
@@ -82,8 +83,9 @@ for k in range(10 ** 9):
 
 
 class Zygote:
-    """The helper process: ``run(job, kill_after)`` forks a child for ``job`` and SIGKILLs it after
-    ``kill_after`` seconds (None: let it finish); returns the child's wait status."""
+    """The helper process: ``run(job, kill_after, watch)`` forks a child for ``job`` and SIGKILLs it
+    ``kill_after`` seconds after it first rewrote ``watch`` (None: let it finish); returns the
+    child's wait status. ``first_write`` and ``seconds`` time the last run from its start."""
 
     def __init__(self, tmp_path: Path):
         script = tmp_path / "zygote.py"
@@ -91,18 +93,27 @@ class Zygote:
         self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert self.proc.stdout.readline().strip() == "ready"
+        self.first_write = self.seconds = 0.0
 
-    def run(self, job: dict, kill_after: float | None = None) -> int:
+    def run(self, job: dict, kill_after: float | None = None, watch: Path | None = None) -> int:
+        before = _stamp(watch)
+        t0 = time.perf_counter()
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         pid = int(self.proc.stdout.readline())
+        if watch is not None:
+            while _stamp(watch) == before and _alive(pid) and time.perf_counter() - t0 < 120:
+                time.sleep(0.002)
+            self.first_write = time.perf_counter() - t0
         if kill_after is not None:
             time.sleep(kill_after)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:  # it finished first
                 pass
-        return int(self.proc.stdout.readline())
+        status = int(self.proc.stdout.readline())
+        self.seconds = time.perf_counter() - t0
+        return status
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -114,6 +125,22 @@ def zygote(tmp_path_factory):
     z = Zygote(tmp_path_factory.mktemp("zygote"))
     yield z
     z.close()
+
+
+def _stamp(path: Path | None) -> int | None:
+    """The file's modification time in ns (None when absent): changes with every atomic rewrite."""
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except FileNotFoundError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def small_cache(tmp_path: Path) -> Path:
@@ -137,7 +164,8 @@ def temporaries(folder: Path) -> list[str]:
 
 def kill_and_resume(zygote: Zygote, job: dict, checkpoint: Path, progress_key: str, kills: int, seed: int,
                     max_delay: float) -> tuple[list[int], int]:
-    """SIGKILL ``kills`` attempts at random moments; check the checkpoint after each; then finish.
+    """SIGKILL ``kills`` attempts, each a random time up to ``max_delay`` after the attempt's first
+    checkpoint write; check the checkpoint after each; then finish.
 
     Returns the checkpoint's progress (``progress_key``) seen after each attempt and how many
     attempts the SIGKILL stopped."""
@@ -145,7 +173,7 @@ def kill_and_resume(zygote: Zygote, job: dict, checkpoint: Path, progress_key: s
     seen, killed = [], 0
     for attempt in range(kills):
         status = zygote.run({**job, "resume": True} if job["kind"] == "train" else job,
-                            kill_after=rng.uniform(0.05, max_delay))
+                            kill_after=rng.uniform(0.0, max_delay), watch=checkpoint)
         killed += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         if checkpoint.exists():
             state = load_checkpoint(checkpoint)  # never torn: always loads
@@ -166,16 +194,16 @@ def kill_and_resume(zygote: Zygote, job: dict, checkpoint: Path, progress_key: s
 def test_noc_training_survives_repeated_sigkill(tmp_path, zygote):
     cache = small_cache(tmp_path)
     job = {"kind": "train", "cache": str(cache), "noc": NOC, "iterations": ITERATIONS}
-    t0 = time.perf_counter()
-    assert zygote.run({**job, "out": str(tmp_path / "straight"), "resume": False}) == 0
-    straight_seconds = time.perf_counter() - t0
+    straight_out = tmp_path / "straight"
+    assert zygote.run({**job, "out": str(straight_out), "resume": False}, watch=straight_out / "checkpoint.pt") == 0
+    iteration_seconds = (zygote.seconds - zygote.first_write) / ITERATIONS
 
-    out = tmp_path / "killed"
+    out = tmp_path / "killed"  # each attempt runs up to ~15 iterations: six kills stay inside the 120
     seen, killed = kill_and_resume(zygote, {**job, "out": str(out)}, out / "checkpoint.pt", "iteration", kills=6,
-                                   seed=11, max_delay=0.3 * straight_seconds)
+                                   seed=11, max_delay=15 * iteration_seconds)
     assert killed >= 3 and any(0 < i < ITERATIONS for i in seen), f"the kills missed the training: {seen}"
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == ITERATIONS
-    straight = torch.load(tmp_path / "straight" / "final.pt")
+    straight = torch.load(straight_out / "final.pt")
     resumed = torch.load(out / "final.pt")
     assert straight.keys() == resumed.keys()
     for key in straight:
@@ -211,11 +239,10 @@ def test_pretrain_command_survives_repeated_sigkill(tmp_path, zygote):
                                         "--batch-size", "16", "--threads", "1", "--no-progress", "--resume",
                                         "--out", str(out)]}
 
-    t0 = time.perf_counter()
-    assert zygote.run(job(tmp_path / "straight.pt")) == 0
-    straight_seconds = time.perf_counter() - t0
+    assert zygote.run(job(tmp_path / "straight.pt"), watch=tmp_path / "straight.pt") == 0
+    epoch_seconds = (zygote.seconds - zygote.first_write) / 5  # the first write ends epoch 1 of 6
     out = tmp_path / "killed" / "weights.pt"
-    seen, killed = kill_and_resume(zygote, job(out), out, "epoch", kills=4, seed=5, max_delay=0.5 * straight_seconds)
+    seen, killed = kill_and_resume(zygote, job(out), out, "epoch", kills=4, seed=5, max_delay=0.8 * epoch_seconds)
     assert killed >= 2, seen
     a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
     assert b["epoch"] == 6 and a["history"] == b["history"]
