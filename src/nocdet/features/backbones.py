@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from nocdet.errors import ConfigError, SpecError
+from nocdet.features.bn_folding import fold_frozen_batchnorm
 from nocdet.features.weights import (hub_checkpoint_path, imagenet_weights, is_imagenet, is_random,
                                      load_checkpoint_state_dict, load_imagenet_state_dict,
                                      load_state_dict_checked)
@@ -77,6 +78,7 @@ class Backbone(nn.Module):
         self._no_stage_reason = f"backbone {name!r} has no blocks to reuse as a convolutional NoC"
         self._frozen_modules: list[nn.Module] = []
         self.channels_last = False
+        self.folded_batchnorm = False
 
     def forward(self, images: Tensor) -> Tensor:
         """The shared conv feature map of normalised images ``[B, 3, H, W]`` (plain contiguous)."""
@@ -96,6 +98,15 @@ class Backbone(nn.Module):
         equal to float rounding (benchmarks/RESULTS.md, "channels_last"). Returns self."""
         self.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    def use_folded_batchnorm(self, enabled: bool = True) -> Backbone:
+        """Fold every frozen BatchNorm into the conv before it, computed each forward
+        (:mod:`nocdet.features.bn_folding`): same outputs and gradients to float rounding, same
+        state dict, one pass over each map instead of three. :func:`build_backbone` turns it on
+        (benchmarks/RESULTS.md, "Frozen BatchNorm folded"). Returns self."""
+        fold_frozen_batchnorm(self, enabled)
+        self.folded_batchnorm = enabled
+        return self
 
     def normalize(self, images: Tensor) -> Tensor:
         """RGB images in [0, 1], ``[..., 3, H, W]``, normalised as this backbone expects."""

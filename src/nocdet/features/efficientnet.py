@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from nocdet.features.bn_folding import folded_scale_and_shift
+
 from nocdet.errors import ConfigError, DataError
 from nocdet.features.backbones import Backbone
 from nocdet.features.weights import (is_imagenet, is_random, load_checkpoint_state_dict,
@@ -145,8 +147,8 @@ def conv_bn(conv: Conv2dSame, bn: nn.Module, x: Tensor) -> Tensor:
     """``bn(conv(x))``; a frozen BatchNorm is folded into the conv's weights on the fly (exact, one
     pass over the map instead of three; gradients still reach the conv's weights)."""
     if isinstance(bn, FrozenBatchNorm2d):
-        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-        return conv(x, conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale)
+        scale, shift = folded_scale_and_shift(bn)
+        return conv(x, conv.weight * scale[:, None, None, None], shift)
     return bn(conv(x))
 
 

@@ -95,11 +95,12 @@ def build_backbone(name: str, weights: str | Path | None = None, **options: obje
     Names: zf, vgg16, vgg19, resnet50, resnet101, googlenet, small-zf, small-resnet,
     efficientnet-lite0/1/2 (:mod:`nocdet.features.efficientnet`); see each class for its options
     (:func:`backbone_options` lists them). The backbone runs channels-last
-    (:meth:`~nocdet.features.backbones.Backbone.use_channels_last`).
+    (:meth:`~nocdet.features.backbones.Backbone.use_channels_last`) with its frozen BatchNorms folded
+    into the convs (:meth:`~nocdet.features.backbones.Backbone.use_folded_batchnorm`).
     """
     accepted = backbone_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"backbone {name!r} has no option(s) {unknown}; its options: "
                           + (", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"))
-    return entry(name).build(**options).load_weights(weights).use_channels_last()
+    return entry(name).build(**options).load_weights(weights).use_channels_last().use_folded_batchnorm()
