@@ -76,3 +76,25 @@ def test_quick_study_resumes_and_its_cap_re_evaluation_reproduces_the_runs(tmp_p
     assert printed.count("(finished)") == 8 and "run table" not in printed
     assert _stored(out) == first  # nothing rewritten
     assert (out / "paper_training_effect.md").read_text().split("Runs: ")[0] == table.split("Runs: ")[0]
+
+
+def test_the_long_settings_train_4x_longer_and_paper_4x_is_compared_with_default_4x():
+    from nocdet.experiment import load_experiment
+
+    config = effect.CONFIGS / "table1_3fc.yaml"
+    for name in ("default-4x", "paper-4x"):
+        cfg = load_experiment(config, effect.SETTINGS[name].overrides)
+        assert cfg.solver.iterations == 4000 and list(cfg.solver.lr_steps) == [2800, 3600]  # 0.7, 0.9 of 4000
+    assert load_experiment(config, effect.SETTINGS["paper-4x"].overrides).noc.dropout == 0.5
+    twin = next(t for t in effect.twins() if t.stem == "table1_3fc")
+    results = {(twin.stem, s): [{"seed": k, "voc07_mAP": v + k, "AP": v + k, "cap": cap,
+                                 "other_cap": {"voc07_mAP": v + k, "AP": v + k}, "started": "2026-12-03T20:00:00+00:00",
+                                 "finished": "2026-12-03T20:05:00+00:00", "cpu_seconds": 300.0,
+                                 "wall_seconds": 300.0} for k in range(3)]
+               for s, v, cap in (("default", 50.0, "image"), ("paper", 45.0, "class"),
+                                ("default-4x", 60.0, "image"), ("paper-4x", 58.0, "class"))}
+    table = effect.report(results, [twin], ["default", "paper", "default-4x", "paper-4x"], quick=False)
+    line = next(r for r in table.splitlines() if r.startswith("| Table 1 3fc"))
+    # paper - default -5.0; default-4x - default +10.0; paper-4x - default-4x -2.0 (not -8.0 against default)
+    assert [c.split(" (")[0] for c in line.split(" | ") if c.startswith(("+", "-"))] == ["-5.0", "+10.0", "-2.0"]
+    assert "paper details, 4x iterations - default-4x" in table
